@@ -343,4 +343,9 @@ char *bm_path_join(const char *dir, const char *name);
 }
 #endif
 
+/* The other modules' public headers (one line each). */
+#include "checkpoint.h"
+#include "graph.h"
+#include "hfconfig.h"
+
 #endif /* BMPLAN_H */

@@ -1,0 +1,38 @@
+/*
+ * graph.h - bmplan-graph/1 files (YAML and JSON): reader and writer.
+ * The format is ../shared/spec/graph-format.md; mappings are ordered and the
+ * order is the module registration order.
+ */
+#ifndef BM_GRAPH_H
+#define BM_GRAPH_H
+
+#include "bmplan.h"
+
+typedef enum bm_graph_format {
+    BM_GRAPH_YAML = 0,
+    BM_GRAPH_JSON = 1,
+} bm_graph_format;
+
+/* Largest graph file accepted (bytes). */
+#define BM_GRAPH_MAX_BYTES (256u << 20)
+
+/* Load a graph file; the syntax is chosen by content (a JSON document
+ * starts with '{' after whitespace), so the extension does not matter.
+ * Errors name the file and line: "model.yaml:12: unknown key 'modles'". */
+bm_status bm_graph_load(const char *path, bm_tree **out, bm_error *err);
+
+/* Parse from memory; `source` names the input in messages. */
+bm_status bm_graph_parse(const char *data, size_t len, const char *source,
+                         bm_tree **out, bm_error *err);
+bm_status bm_graph_parse_yaml(const char *data, size_t len, const char *source,
+                              bm_tree **out, bm_error *err);
+bm_status bm_graph_parse_json(const char *data, size_t len, const char *source,
+                              bm_tree **out, bm_error *err);
+
+/* Serialize a finished tree. Identical subtrees under children named
+ * "0".."N-1" are written as repeat/template, so that writing a parsed file
+ * gives back the same structure. The result is malloc'd, NUL-terminated. */
+bm_status bm_graph_write(const bm_tree *tree, bm_graph_format fmt, char **out,
+                         size_t *len, bm_error *err);
+
+#endif
