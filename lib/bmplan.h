@@ -347,5 +347,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "checkpoint.h"
 #include "graph.h"
 #include "hfconfig.h"
+#include "model.h"
 
 #endif /* BMPLAN_H */
