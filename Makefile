@@ -7,6 +7,7 @@
 #   make demo            plan a bundled real model on an example budget
 #   make bench           benchmarks (prints figures, asserts nothing)
 #   make fuzz            libFuzzer targets (clang), FUZZ_SECONDS each
+#                        (FUZZ_TARGETS="size graph", FUZZ_RUNS=N executions)
 
 CC       ?= gcc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
@@ -113,7 +114,7 @@ bench: all
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash bench/run.sh
 
 fuzz:
-	@bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),10)
+	@FUZZ_RUNS=$(FUZZ_RUNS) bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),10) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build
