@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <libgen.h>
+#include <signal.h>
 #include <string.h>
 
 /* One line per subcommand; `bmplan --help` lists them in this order. */
@@ -48,6 +49,10 @@ static int run_command(const cli_command *c, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Past a file-size limit (ulimit -f) a write must fail with EFBIG, which
+     * the writers report and clean up after, rather than kill the process
+     * half-way through an output. */
+    signal(SIGXFSZ, SIG_IGN);
     const char *prog = argc > 0 ? basename(argv[0]) : "bmplan";
     if (strcmp(prog, "bmrun") == 0) {
         const cli_command *run = cli_find_command("run");
