@@ -6,6 +6,7 @@
 #   make CUDA=0          build without the CUDA backend
 #   make demo            plan a bundled real model on an example budget
 #   make bench           benchmarks (prints figures, asserts nothing)
+#   make valgrind        the CLI tests with every call under valgrind memcheck
 #   make fuzz            libFuzzer targets (clang), FUZZ_SECONDS each
 #                        (FUZZ_TARGETS="size graph", FUZZ_RUNS=N executions)
 
@@ -60,7 +61,7 @@ ALL += $(CUDA_LIB)
 endif
 endif
 
-.PHONY: all test test-unit test-cli test-gpu demo bench fuzz clean deps check-deps
+.PHONY: all test test-unit test-cli test-gpu demo bench fuzz valgrind clean deps check-deps
 all: check-deps $(ALL)
 
 # A fresh machine: install what is missing (or say how) before building.
@@ -112,6 +113,9 @@ demo: all
 
 bench: all
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash bench/run.sh
+
+valgrind: all
+	@BUILD=$(BUILD) bash tests/cli/valgrind.sh
 
 fuzz:
 	@FUZZ_RUNS=$(FUZZ_RUNS) bash tests/fuzz/run.sh $(or $(FUZZ_SECONDS),10) $(FUZZ_TARGETS)

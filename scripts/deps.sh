@@ -3,6 +3,8 @@
 # As root it runs apt-get; otherwise it prints the command to run.
 set -eu
 pkgs="libjansson-dev libyaml-dev libzstd-dev check pkg-config libopenblas-dev zstd"
+# reliability checks: fuzzing (clang), memcheck, crash and limit tests
+pkgs="$pkgs clang libclang-rt-dev valgrind strace time"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

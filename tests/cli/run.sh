@@ -2,14 +2,37 @@
 # CLI tests: every tests/cli/test_*.sh is run with $BMPLAN pointing at the
 # binary under test. Each script prints "ok ..." / "not ok ..." lines (via
 # lib.sh) and exits non-zero on failure. Ends with "N passed, N failed".
+#
+# BMPLAN_WRAPPER="valgrind --flags" runs every bmplan call under that
+# command: $BMPLAN then points at a small script that execs the wrapper with
+# the real binary, which tests that need the binary itself (tracing it,
+# timing it) find in $BMPLAN_REAL. Names given as arguments select scripts
+# ("bad" runs test_bad.sh).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 export BMPLAN=${BMPLAN:-build/bmplan}
 case $BMPLAN in /*) ;; *) BMPLAN="$root/$BMPLAN" ;; esac
+export BMPLAN_REAL=$BMPLAN BMPLAN_WRAPPER=${BMPLAN_WRAPPER:-}
+if [ -n "$BMPLAN_WRAPPER" ]; then
+    wrapdir=$(mktemp -d "${TMPDIR:-/tmp}/bmplan-wrap.XXXXXX")
+    trap 'rm -rf "$wrapdir"' EXIT
+    # keep the program's name (bmplan or bmrun decides the behaviour)
+    for name in bmplan bmrun; do
+        printf '#!/bin/sh\nexec %s "%s" "$@"\n' "$BMPLAN_WRAPPER" "$(dirname "$BMPLAN")/$name" \
+            >"$wrapdir/$name"
+        chmod +x "$wrapdir/$name"
+    done
+    BMPLAN=$wrapdir/bmplan
+fi
 export BMPLAN ROOT="$root" SHARED="${SHARED:-$root/../shared}"
 passed=0 failed=0
-for t in "$here"/test_*.sh; do
+if [ $# -gt 0 ]; then
+    scripts=(); for n in "$@"; do scripts+=("$here/test_$n.sh"); done
+else
+    scripts=("$here"/test_*.sh)
+fi
+for t in "${scripts[@]}"; do
     [ -e "$t" ] || continue
     out=$(bash "$t" 2>&1); rc=$?
     p=$(printf '%s\n' "$out" | grep -c '^ok ' || true)
@@ -20,6 +43,7 @@ for t in "$here"/test_*.sh; do
         echo "FAIL $(basename "$t")"; printf '%s\n' "$out" | grep -v '^ok ' | sed 's/^/    /' | head -40
     else
         echo "PASS $(basename "$t") ($p checks)"
+        printf '%s\n' "$out" | grep '^skipped' | sed 's/^/    /'
     fi
 done
 echo "cli: $passed passed, $failed failed"

@@ -19,7 +19,7 @@ built() { printf '%s\n' "$commands" | grep -qx -- "$1"; }
 digest() { (cd "$1" 2>/dev/null && find . -type f -print0 | sort -z | xargs -0 sha256sum) || sha256sum <"$1"; }
 trim() { local s=$1; s=${s#"${s%%[![:space:]]*}"}; printf '%s' "${s%"${s##*[![:space:]]}"}"; }
 
-n=0 skipped=0 checked=0
+n=0 skipped=0 checked=0 missing=""
 while IFS= read -r line; do
     case $line in ''|'#'*) continue ;; esac
     n=$((n + 1))
@@ -28,7 +28,7 @@ while IFS= read -r line; do
     file=$BAD/$path
     read -r -a argv <<<"$cmd"
     if ! built "${argv[0]}"; then
-        echo "skipped: $path ($(printf '%s' "${argv[0]}") not built)"; skipped=$((skipped + 1)); continue
+        skipped=$((skipped + 1)); missing="$missing ${argv[0]}"; continue
     fi
     if [ ! -e "$file" ]; then notok "$path: missing (run tests/bad/generate.sh)"; continue; fi
     run=$T/run.$n; outp=$T/outp.$n; mkdir -p "$run" "$outp"
@@ -74,5 +74,8 @@ while IFS= read -r line; do
     fi
     rm -rf "$run" "$outp"
 done <"$BAD/EXPECT"
+for c in $(printf '%s\n' $missing | sort -u); do
+    echo "skipped: $(printf '%s\n' $missing | grep -cx "$c") rows of tests/bad/EXPECT ($c not built)"
+done
 echo "# hostile inputs: $n in EXPECT, $checked checked, $skipped skipped"
 finish
