@@ -485,8 +485,8 @@ static bm_status persistent_load(pk *m)
     if (st != BM_OK)
         return st;
     const pk_value *t = val(m, pid);
-    const uint32_t *it = t->kind == K_TUPLE ? m->items + t->a : NULL;
-    if (!it || t->n != 5 || val(m, it[0])->kind != K_STR ||
+    const uint32_t *it = t->kind == K_TUPLE && t->n == 5 ? m->items + t->a : NULL;
+    if (!it || val(m, it[0])->kind != K_STR ||
         val(m, it[0])->n != 7 || memcmp(m->p + val(m, it[0])->a, "storage", 7) != 0)
         return pk_fail(m, BM_E_FORMAT,
                        "persistent id is not ('storage', type, key, location, numel)");
@@ -669,7 +669,7 @@ static bm_status reduce(pk *m)
     if (t->kind != K_TUPLE)
         return pk_fail(m, BM_E_FORMAT, "REDUCE's arguments are %s, not a tuple",
                        kind_of(m, args));
-    const uint32_t *a = m->items + t->a;
+    const uint32_t *a = t->n ? m->items + t->a : NULL;
     switch (global_kind(f->a)) {
     case G_ORDERED_DICT:
         if (t->n != 0)
