@@ -9,6 +9,7 @@
  * load or fail cleanly.
  */
 #include "bmplan.h"
+#include "safetensors.h"
 #include "torchbin.h"
 #include "zip.h"
 
@@ -605,6 +606,216 @@ START_TEST(test_strided_read_bounds)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * Through the checkpoint API (formats/checkpoint.c): every fixture tensor
+ * read with bm_checkpoint_read, mapped and with pread
+ * ------------------------------------------------------------------------ */
+
+static void digest_ckpt(const bm_checkpoint *ck, int32_t ti, size_t chunk, char hex[65])
+{
+    const bm_ckpt_tensor *t = &ck->tensors[ti];
+    sha256 s;
+    sha_init(&s);
+    unsigned char *buf = malloc(chunk);
+    ck_assert_ptr_nonnull(buf);
+    for (uint64_t off = 0; off < t->nbytes;) {
+        size_t n = t->nbytes - off < chunk ? (size_t)(t->nbytes - off) : chunk;
+        bm_error err = {0};
+        ck_assert_msg(bm_checkpoint_read(ck, ti, off, buf, n, &err) == BM_OK, "%s: %s",
+                      t->name, err.msg);
+        sha_update(&s, buf, n);
+        off += n;
+    }
+    free(buf);
+    sha_hex(&s, hex);
+}
+
+START_TEST(test_checkpoint_digests)
+{
+    for (int no_mmap = 0; no_mmap < 2; no_mmap++) {
+        FILE *f = fopen(FIX "digests.tsv", "r");
+        ck_assert_ptr_nonnull(f);
+        char line[4096], cur[512] = "";
+        bm_checkpoint *ck = NULL;
+        uint64_t group_key[64];
+        bool group_set[64];
+        int rows = 0;
+        while (fgets(line, sizeof line, f)) {
+            if (line[0] == '#')
+                continue;
+            strip_nl(line);
+            char *fl[10];
+            ck_assert_int_eq(split_tabs(line, fl, 10), 10);
+            if (strcmp(fl[0], cur) != 0) {
+                bm_checkpoint_close(ck);
+                snprintf(cur, sizeof cur, "%s", fl[0]);
+                char path[600];
+                snprintf(path, sizeof path, FIX "%s", cur);
+                bm_ckpt_open_opts o = {.no_mmap = no_mmap};
+                bm_error err = {0};
+                ck_assert_msg(bm_checkpoint_open_ex(path, &o, &ck, &err) == BM_OK, "%s: %s",
+                              path, err.msg);
+                ck_assert_int_eq(ck->files[0].kind, BM_CKPT_TORCHBIN);
+                memset(group_set, 0, sizeof group_set);
+            }
+            int32_t ti = bm_checkpoint_find(ck, fl[1]);
+            ck_assert_msg(ti != BM_NONE, "%s: no tensor %s", cur, fl[1]);
+            const bm_ckpt_tensor *t = &ck->tensors[ti];
+            ck_assert_str_eq(bm_dtype_name(t->dtype), fl[2]);
+            int64_t shape[BM_MAX_DIMS], stride[BM_MAX_DIMS];
+            int nd = parse_dims(fl[3], shape);
+            parse_dims(fl[4], stride);
+            ck_assert_int_eq(t->ndim, nd);
+            bool contiguous = fl[6][0] == '1';
+            ck_assert(t->contiguous == contiguous);
+            for (int d = 0; d < nd; d++) {
+                ck_assert_int_eq(t->shape[d], shape[d]);
+                if (!contiguous)
+                    ck_assert_int_eq(t->stride[d], stride[d]);
+            }
+            ck_assert_uint_eq(t->offset, strtoull(fl[8], NULL, 10));
+            int g = atoi(fl[7]);
+            if (!group_set[g]) {
+                for (int i = 0; i < 64; i++)
+                    ck_assert(!group_set[i] || group_key[i] != t->storage_key);
+                group_set[g] = true;
+                group_key[g] = t->storage_key;
+            }
+            ck_assert_uint_eq(t->storage_key, group_key[g]);
+            ck_assert((bm_checkpoint_data(ck, ti) != NULL) == (contiguous && !no_mmap));
+            char hex[65];
+            digest_ckpt(ck, ti, 1 << 16, hex);
+            ck_assert_msg(strcmp(hex, fl[9]) == 0, "%s %s: sha256 %s, PyTorch %s", cur, fl[1],
+                          hex, fl[9]);
+            digest_ckpt(ck, ti, 3, hex);
+            ck_assert_str_eq(hex, fl[9]);
+            rows++;
+        }
+        fclose(f);
+        bm_checkpoint_close(ck);
+        ck_assert_int_ge(rows, 70);
+    }
+}
+END_TEST
+
+/* The sharded fixture through its folder and through its index: the
+ * tensors of both shards, in sorted-shard order, and the index's total. */
+START_TEST(test_checkpoint_sharded)
+{
+    const char *paths[] = {FIX "sharded", FIX "sharded/pytorch_model.bin.index.json"};
+    for (int i = 0; i < 2; i++) {
+        bm_checkpoint *ck = NULL;
+        bm_error err = {0};
+        ck_assert_msg(bm_checkpoint_open(paths[i], &ck, &err) == BM_OK, "%s", err.msg);
+        ck_assert_int_eq(ck->n_files, 2);
+        ck_assert_str_eq(ck->files[0].name, "pytorch_model-00001-of-00002.bin");
+        ck_assert_int_eq(ck->n_tensors, 10);
+        ck_assert_str_eq(ck->tensors[0].name, "0.weight");
+        ck_assert_str_eq(ck->tensors[9].name, "3.num_batches_tracked");
+        ck_assert_int_eq(ck->tensors[9].file, 1);
+        ck_assert(ck->has_total_size);
+        /* transformers' total_size: the sum of numel * element size */
+        ck_assert_uint_eq(ck->total_size, 292 + 8);
+        bm_checkpoint_close(ck);
+    }
+}
+END_TEST
+
+static char tmp_root[64];
+
+static const char *tpath(const char *rel)
+{
+    static char buf[4][512];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", tmp_root, rel);
+    return buf[k];
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    mapped m;
+    map_file(from, &m);
+    FILE *f = fopen(to, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(m.map, 1, (size_t)m.size, f), m.size);
+    fclose(f);
+    unmap_file(&m);
+}
+
+/* accelerate's folder rule (spec §10.1): pytorch_model.bin is used even
+ * when model.safetensors is there. */
+START_TEST(test_checkpoint_folder_rule)
+{
+    snprintf(tmp_root, sizeof tmp_root, "/tmp/bmplan-torchbin.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmp_root));
+    copy_file(FIX "params.bin", tpath("pytorch_model.bin"));
+    float one = 1;
+    bm_st_spec spec = {"other", BM_F32, 1, {1}};
+    const void *data[] = {&one};
+    bm_error err = {0};
+    ck_assert_int_eq(bm_st_write_file(tpath("model.safetensors"), &spec, data, 1, NULL, &err),
+                     BM_OK);
+    bm_checkpoint *ck = NULL;
+    ck_assert_msg(bm_checkpoint_open(tmp_root, &ck, &err) == BM_OK, "%s", err.msg);
+    ck_assert_str_eq(ck->files[0].name, "pytorch_model.bin");
+    ck_assert_int_eq(ck->files[0].kind, BM_CKPT_TORCHBIN);
+    ck_assert_int_eq(ck->n_tensors, 2);
+    ck_assert_str_eq(ck->tensors[0].name, "w");
+    bm_checkpoint_close(ck);
+    ck_assert(bm_checkpoint_probe(tmp_root));
+    ck_assert(bm_checkpoint_probe(tpath("pytorch_model.bin")));
+    /* without pytorch_model.bin, the safetensors file */
+    unlink(tpath("pytorch_model.bin"));
+    ck_assert_int_eq(bm_checkpoint_open(tmp_root, &ck, &err), BM_OK);
+    ck_assert_str_eq(ck->tensors[0].name, "other");
+    bm_checkpoint_close(ck);
+    unlink(tpath("model.safetensors"));
+    /* a .bin index whose weight_map puts a tensor in the wrong shard */
+    copy_file(FIX "sharded/pytorch_model-00001-of-00002.bin", tpath("a.bin"));
+    copy_file(FIX "sharded/pytorch_model-00002-of-00002.bin", tpath("b.bin"));
+    FILE *f = fopen(tpath("pytorch_model.bin.index.json"), "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"weight_map\": {\"0.weight\": \"b.bin\", \"1.weight\": \"a.bin\", "
+          "\"1.bias\": \"a.bin\", \"2.weight\": \"a.bin\", \"2.bias\": \"a.bin\", "
+          "\"3.weight\": \"b.bin\", \"3.bias\": \"b.bin\", \"3.running_mean\": \"b.bin\", "
+          "\"3.running_var\": \"b.bin\", \"3.num_batches_tracked\": \"b.bin\"}}", f);
+    fclose(f);
+    ck_assert_int_eq(bm_checkpoint_open(tmp_root, &ck, &err), BM_E_FORMAT);
+    ck_assert_msg(strstr(err.msg, "tensor '0.weight': is in this shard but"), "%s", err.msg);
+    unlink(tpath("pytorch_model.bin.index.json"));
+    unlink(tpath("a.bin"));
+    unlink(tpath("b.bin"));
+    ck_assert_int_eq(rmdir(tmp_root), 0);
+}
+END_TEST
+
+/* Hostile files through bm_checkpoint_open: the same one-line refusals. */
+START_TEST(test_checkpoint_hostile)
+{
+    FILE *f = fopen(FIX "expected_errors.tsv", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#')
+            continue;
+        strip_nl(line);
+        char *fl[2];
+        ck_assert_int_eq(split_tabs(line, fl, 2), 2);
+        char path[600];
+        snprintf(path, sizeof path, FIX "%s", fl[0]);
+        bm_checkpoint *ck = NULL;
+        bm_error err = {0};
+        ck_assert_msg(bm_checkpoint_open(path, &ck, &err) != BM_OK, "%s accepted", path);
+        ck_assert_ptr_null(ck);
+        ck_assert_msg(contains_nocase(err.msg, fl[1]), "%s: '%s' lacks '%s'", path, err.msg,
+                      fl[1]);
+        ck_assert_ptr_nonnull(strstr(err.msg, path));
+    }
+    fclose(f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("torchbin");
@@ -623,6 +834,10 @@ static Suite *suite(void)
     tcase_add_test(tc, test_crc32);
     tcase_add_test(tc, test_zip_records);
     tcase_add_test(tc, test_strided_read_bounds);
+    tcase_add_test(tc, test_checkpoint_digests);
+    tcase_add_test(tc, test_checkpoint_sharded);
+    tcase_add_test(tc, test_checkpoint_folder_rule);
+    tcase_add_test(tc, test_checkpoint_hostile);
     suite_add_tcase(s, tc);
     return s;
 }
