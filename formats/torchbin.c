@@ -21,6 +21,7 @@
  * recursively, so a self-referencing list cannot make it loop.
  */
 #include "torchbin.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1017,46 +1018,6 @@ static void pk_free(pk *m)
  * From the pickle's result to the tensor list
  * ------------------------------------------------------------------------ */
 
-static bool valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c == 0)
-            return false;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp;
-        if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 /* Check a tensor against its storage and fill the public description. */
 static bm_status check_tensor(const bm_torchbin *tb, const pk_tensor *t, const char *name,
                               bm_torchbin_tensor *out, bm_error *err)
@@ -1153,10 +1114,12 @@ static bm_status collect(pk *m, uint32_t result, bm_torchbin *tb, bm_error *err)
         if (kv->kind != K_STR)
             return bm_fail(err, BM_E_FORMAT, "%s: a key of the state dict is %s, not a string",
                            tb->path, kind_of(m, k));
-        if (kv->n > 4096 || !valid_utf8(m->p + kv->a, kv->n))
+        /* names end up in JSON and index files: the same rule as there */
+        if (kv->n == 0 || kv->n > BM_ST_MAX_NAME || memchr(m->p + kv->a, 0, kv->n) ||
+            !bm_utf8_valid(m->p + kv->a, kv->n, NULL))
             return bm_fail(err, BM_E_FORMAT,
-                           "%s: a key of the state dict is not a UTF-8 name of at most 4096 bytes",
-                           tb->path);
+                           "%s: a key of the state dict is not a UTF-8 name of 1 to %u bytes "
+                           "without NUL", tb->path, BM_ST_MAX_NAME);
         bm_torchbin_tensor *t = &tb->tensors[i];
         t->name = strndup((const char *)m->p + kv->a, kv->n);
         if (!t->name)
