@@ -1059,15 +1059,19 @@ static bm_status build_module(struct gp *g, uint32_t node, uint32_t key,
                 goto out;
     }
     if (s[K_REPEAT] != NO_NODE) {
-        char name[24];
-        for (int64_t i = 0; i < reps; i++) {
-            snprintf(name, sizeof name, "%" PRId64, i);
-            if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, name, idx, dry)))
+        /* a template used zero times is still checked, once: when only
+         * checking, one copy says all there is to say */
+        if (dry || reps == 0) {
+            if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, "0", idx, true)))
                 goto out;
+        } else {
+            char name[24];
+            for (int64_t i = 0; i < reps; i++) {
+                snprintf(name, sizeof name, "%" PRId64, i);
+                if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, name, idx, false)))
+                    goto out;
+            }
         }
-        /* still check a template that is used zero times */
-        if (reps == 0 && (st = build_module(g, s[K_TEMPLATE], NO_NODE, "0", idx, true)))
-            goto out;
     }
     st = BM_OK;
 out:
@@ -1295,6 +1299,9 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
                           BM_GRAPH_MAX_BYTES);
     if (!data && len)
         return bm_fail(err, BM_E_INTERNAL, "no data to parse");
+    /* a UTF-8 byte order mark says nothing more than UTF-8 */
+    if (data && len >= 3 && memcmp(data, "\xef\xbb\xbf", 3) == 0)
+        data += 3, len -= 3;
     struct doc d = {.source = src, .err = err, .root = NO_NODE};
     bm_status st = json ? json_build(&d, data ? data : "", len)
                         : yaml_build(&d, data ? data : "", len);
@@ -1337,6 +1344,8 @@ bm_status bm_graph_parse(const char *data, size_t len, const char *source,
     size_t i = 0;
     if (len > BM_GRAPH_MAX_BYTES || !data)
         return parse_doc(data, len, source, false, out, err);
+    if (len >= 3 && memcmp(data, "\xef\xbb\xbf", 3) == 0)
+        i = 3;
     while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
                        data[i] == '\r'))
         i++;

@@ -29,6 +29,15 @@ static bm_tree *load_ok(const char *path)
     return t;
 }
 
+static bm_tree *parse_ok(const char *text, size_t len, const char *what)
+{
+    bm_tree *t = NULL;
+    bm_error err = {0};
+    ck_assert_msg(bm_graph_parse(text, len, what, &t, &err) == BM_OK, "%s\n%s", err.msg,
+                  text);
+    return t;
+}
+
 /* Every graph file under a folder (not recursive); returns the count. */
 static int list_graphs(const char *dir, char names[][256], int max)
 {
@@ -503,6 +512,45 @@ START_TEST(test_misc_bad)
 }
 END_TEST
 
+START_TEST(test_input_variants)
+{
+    /* a UTF-8 byte order mark, CRLF line ends: lines still right */
+    const char *s = "\xef\xbb\xbf" "format: bmplan-graph/1\r\nroot:\r\n  class: M\r\n"
+                    "  params: {w: [2, 3]}\r\n";
+    bm_tree *t = parse_ok(s, strlen(s), "bom");
+    ck_assert_uint_eq(bm_tree_param_count(t), 6);
+    bm_tree_free(t);
+    s = "\xef\xbb\xbf{\"format\": \"bmplan-graph/1\", \"root\": {\"class\": \"M\"}}";
+    t = parse_ok(s, strlen(s), "bom");
+    bm_tree_free(t);
+    s = "format: bmplan-graph/1\r\nroot:\r\n  class: M\r\n  parms: {}\r\n";
+    expect_fail(s, strlen(s), BM_E_FORMAT, "gen:4:", "unknown key 'parms'");
+    s = "\r\n\t {\"format\": \"bmplan-graph/1\",\r\n\"root\": {\"class\": \"M\",\r\n"
+        "\"parms\": {}}}";
+    expect_fail(s, strlen(s), BM_E_FORMAT, "gen:4:", "unknown key 'parms'");
+    /* JSON strings with escapes keep the line cursor in step */
+    s = "{\"format\": \"bmplan-graph/1\", \"name\": \"a\\\"b\\\\\",\n\"root\": {\"class\": "
+        "\"M\\n\\u00e9\", \"params\": {\"w\": [2]}},\n\"tied\": [[\"x\"]]}";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:3:", "tied name 'x'");
+    /* JSON without line ends: line 1 */
+    s = "{\"format\": \"bmplan-graph/1\", \"root\": {\"class\": \"M\", \"repeat\": 1.5, "
+        "\"template\": {\"class\": \"B\"}}}";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:1:", "'repeat' must be an integer");
+
+    /* repeat 0 of a huge nested repeat: nothing to build, checked once */
+    s = "format: bmplan-graph/1\nroot:\n  class: L\n  repeat: 0\n  template:\n"
+        "    class: L\n    repeat: 1000000000\n    template:\n      class: L\n"
+        "      repeat: 1000000000\n      template: {class: B, params: {w: [1]}}\n";
+    t = parse_ok(s, strlen(s), "zero");
+    ck_assert_int_eq(t->n_modules, 1);
+    bm_tree_free(t);
+    s = "format: bmplan-graph/1\nroot:\n  class: L\n  repeat: 0\n  template:\n"
+        "    class: L\n    repeat: 1000000000\n    template:\n      class: L\n"
+        "      repeat: 1000000000\n      template: {class: B, params: {w: [-1]}}\n";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:11:", "negative");
+}
+END_TEST
+
 /* A huge flat value list is bounded before jansson allocates it. */
 START_TEST(test_too_many_values)
 {
@@ -535,15 +583,6 @@ static char *write_ok(const bm_tree *t, bm_graph_format f, size_t *len)
     if (len)
         *len = n;
     return out;
-}
-
-static bm_tree *parse_ok(const char *text, size_t len, const char *what)
-{
-    bm_tree *t = NULL;
-    bm_error err = {0};
-    ck_assert_msg(bm_graph_parse(text, len, what, &t, &err) == BM_OK, "%s\n%s", err.msg,
-                  text);
-    return t;
 }
 
 /* Two trees describe the same model. */
@@ -964,6 +1003,7 @@ static Suite *graph_suite(void)
     tcase_add_test(tc, test_deep_nesting);
     tcase_add_test(tc, test_misc_bad);
     tcase_add_test(tc, test_too_many_values);
+    tcase_add_test(tc, test_input_variants);
     suite_add_tcase(s, tc);
     tc = tcase_create("writer");
     tcase_add_test(tc, test_round_trip_golden);
