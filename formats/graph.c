@@ -14,6 +14,11 @@
  * streaming, so a deep file fails before it is read in full), at most
  * BM_GRAPH_MAX_NODES values; and before anything is built, the size of the
  * expanded tree is computed and capped at BM_GRAPH_MAX_ENTRIES.
+ *
+ * The writer prints both syntaxes itself rather than through libyaml's
+ * emitter or json_dumps: the layout (block modules, one-line leaves and
+ * tensors), the quoting and the float spelling stay fixed, so output is
+ * byte-for-byte reproducible across library versions.
  */
 #include "graph.h"
 #include "strtab.h"
