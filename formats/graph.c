@@ -749,6 +749,7 @@ struct gp {
     bm_error *err;
     char *path; /* dotted name of the module being read, for messages */
     size_t n_path, cap_path;
+    uint32_t max_entries;
 };
 
 static bm_status gfail(struct gp *g, uint32_t node, bm_status code,
@@ -848,14 +849,14 @@ static bm_status take_keys(struct gp *g, uint32_t m, const char *const *names,
 /* Expanded size of a module node (itself, its tensors, its submodules),
  * saturated just above the cap. Tolerates malformed nodes: they fail later
  * with a precise message. *culprit gets the first repeat that overflows. */
-static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit)
+static uint64_t count_entries(const struct doc *d, uint32_t m, uint64_t max,
+                              uint32_t *culprit)
 {
-    const uint64_t cap = (uint64_t)BM_GRAPH_MAX_ENTRIES + 1;
+    const uint64_t cap = max + 1;
     if (d->nodes[m].type != T_MAP)
         return 1;
-    uint64_t n = 1, reps = 0, tmpl = 0;
-    uint32_t repeat_node = NO_NODE;
-    bool has_tmpl = false;
+    uint64_t n = 1, reps = 0;
+    uint32_t repeat_node = NO_NODE, tmpl_node = NO_NODE;
     for (uint32_t i = 0; i < d->nodes[m].b; i++) {
         const char *k = ntext(d, map_key(d, m, i));
         uint32_t v = map_val(d, m, i);
@@ -864,7 +865,7 @@ static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit
             n += vn->b;
         } else if (!strcmp(k, "modules") && vn->type == T_MAP) {
             for (uint32_t j = 0; j < vn->b; j++)
-                n += count_entries(d, map_val(d, v, j), culprit);
+                n += count_entries(d, map_val(d, v, j), max, culprit);
         } else if (!strcmp(k, "repeat") && vn->type == T_INT) {
             int64_t r;
             if (text_int(ntext(d, v), &r) && r > 0) {
@@ -872,15 +873,15 @@ static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit
                 repeat_node = v;
             }
         } else if (!strcmp(k, "template")) {
-            tmpl = count_entries(d, v, culprit);
-            has_tmpl = true;
+            tmpl_node = v;
         }
         if (n > cap)
             n = cap;
     }
-    if (has_tmpl && reps) {
-        uint64_t t;
-        if (__builtin_mul_overflow(reps, tmpl, &t) || t > cap) {
+    /* a template used zero times adds nothing */
+    if (tmpl_node != NO_NODE && reps) {
+        uint64_t t, tmpl = count_entries(d, tmpl_node, max, culprit);
+        if (__builtin_mul_overflow(reps, tmpl, &t) || t > max) {
             t = cap;
             if (*culprit == NO_NODE)
                 *culprit = repeat_node;
@@ -1276,14 +1277,13 @@ static bm_status build_graph(struct gp *g)
         }
     }
     uint32_t culprit = NO_NODE;
-    if (count_entries(d, s[K_ROOT], &culprit) > BM_GRAPH_MAX_ENTRIES) {
+    if (count_entries(d, s[K_ROOT], g->max_entries, &culprit) > g->max_entries) {
         if (culprit != NO_NODE)
             return gfail(g, culprit, BM_E_FORMAT,
                          "'repeat: %.40s' expands the graph beyond %u modules and "
-                         "tensors", T(g, culprit), BM_GRAPH_MAX_ENTRIES);
+                         "tensors", T(g, culprit), g->max_entries);
         return gfail(g, s[K_ROOT], BM_E_FORMAT,
-                     "the graph has more than %u modules and tensors",
-                     BM_GRAPH_MAX_ENTRIES);
+                     "the graph has more than %u modules and tensors", g->max_entries);
     }
     if ((st = build_module(g, s[K_ROOT], NO_NODE, NULL, BM_NONE, false)))
         return st;
@@ -1294,7 +1294,8 @@ static bm_status build_graph(struct gp *g)
 }
 
 static bm_status parse_doc(const char *data, size_t len, const char *source,
-                           bool json, bm_tree **out, bm_error *err)
+                           bool json, uint32_t max_entries, bm_tree **out,
+                           bm_error *err)
 {
     *out = NULL;
     const char *src = source ? source : "graph";
@@ -1314,7 +1315,7 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
         doc_free(&d);
         return st;
     }
-    struct gp g = {.d = &d, .src = src, .err = err};
+    struct gp g = {.d = &d, .src = src, .err = err, .max_entries = max_entries};
     if (!(g.tree = bm_tree_new())) {
         st = doc_nomem(&d);
         doc_free(&d);
@@ -1334,28 +1335,36 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
 bm_status bm_graph_parse_yaml(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err)
 {
-    return parse_doc(data, len, source, false, out, err);
+    return parse_doc(data, len, source, false, BM_GRAPH_MAX_ENTRIES, out, err);
 }
 
 bm_status bm_graph_parse_json(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err)
 {
-    return parse_doc(data, len, source, true, out, err);
+    return parse_doc(data, len, source, true, BM_GRAPH_MAX_ENTRIES, out, err);
 }
 
-bm_status bm_graph_parse(const char *data, size_t len, const char *source,
-                         bm_tree **out, bm_error *err)
+bm_status bm_graph_parse_capped(const char *data, size_t len, const char *source,
+                                uint32_t max_entries, bm_tree **out, bm_error *err)
 {
     size_t i = 0;
+    if (max_entries == 0 || max_entries > BM_GRAPH_MAX_ENTRIES)
+        max_entries = BM_GRAPH_MAX_ENTRIES;
     if (len > BM_GRAPH_MAX_BYTES || !data)
-        return parse_doc(data, len, source, false, out, err);
+        return parse_doc(data, len, source, false, max_entries, out, err);
     if (len >= 3 && memcmp(data, "\xef\xbb\xbf", 3) == 0)
         i = 3;
     while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
                        data[i] == '\r'))
         i++;
     bool json = i < len && data[i] == '{';
-    return parse_doc(data, len, source, json, out, err);
+    return parse_doc(data, len, source, json, max_entries, out, err);
+}
+
+bm_status bm_graph_parse(const char *data, size_t len, const char *source,
+                         bm_tree **out, bm_error *err)
+{
+    return bm_graph_parse_capped(data, len, source, 0, out, err);
 }
 
 bm_status bm_graph_load(const char *path, bm_tree **out, bm_error *err)

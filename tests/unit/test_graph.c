@@ -551,6 +551,30 @@ START_TEST(test_input_variants)
 }
 END_TEST
 
+START_TEST(test_entry_cap)
+{
+    /* llama-2-7b expands to 454 modules + 388 tensors = 842 entries */
+    char *data;
+    size_t len;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_read_file(GOLDEN "/llama-2-7b.yaml", BM_GRAPH_MAX_BYTES, &data,
+                                  &len, &err), BM_OK);
+    bm_tree *t = NULL;
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 842, &t, &err), BM_OK);
+    bm_tree_free(t);
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 841, &t, &err), BM_E_FORMAT);
+    ck_assert_ptr_null(t);
+    /* no single repeat goes over (32 layers of 26 entries), the sum does */
+    ck_assert_str_eq(err.msg, "l:21: the graph has more than 841 modules and tensors");
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 831, &t, &err), BM_E_FORMAT);
+    ck_assert_str_eq(err.msg, "l:31: 'repeat: 32' expands the graph beyond 831 modules "
+                              "and tensors");
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 0, &t, &err), BM_OK);
+    bm_tree_free(t);
+    free(data);
+}
+END_TEST
+
 /* A huge flat value list is bounded before jansson allocates it. */
 START_TEST(test_too_many_values)
 {
@@ -1004,6 +1028,7 @@ static Suite *graph_suite(void)
     tcase_add_test(tc, test_misc_bad);
     tcase_add_test(tc, test_too_many_values);
     tcase_add_test(tc, test_input_variants);
+    tcase_add_test(tc, test_entry_cap);
     suite_add_tcase(s, tc);
     tc = tcase_create("writer");
     tcase_add_test(tc, test_round_trip_golden);
