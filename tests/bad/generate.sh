@@ -31,8 +31,8 @@ rep() { local s=$1 n=$2; head -c "$n" /dev/zero | tr '\0' 'x' | sed "s/x/$s/g"; 
 # a valid shard holding a.weight (F32 [2]) and b.weight (F32 [2])
 good_shard() { st "$1" "{$(t a.weight F32 2 0 8),$(t b.weight F32 2 8 16)}" 16; }
 
-rm -rf st index graph hf offload
-mkdir -p st index graph hf offload
+rm -rf st index graph hf offload bin
+mkdir -p st index graph hf offload bin
 
 # ---- safetensors files -------------------------------------------------------
 : >st/empty.safetensors
@@ -102,6 +102,24 @@ printf '{"weight_map":{"":"model-00001-of-00001.safetensors","a.weight":"model-0
     >index/empty-name/model.safetensors.index.json
 printf '{"weight_map":{"a.weight":"model-00001-of-00001.safetensors","a.weight":"model-00001-of-00001.safetensors","b.weight":"model-00001-of-00001.safetensors"}}\n' \
     >index/duplicate-name/model.safetensors.index.json
+
+mkdir -p index/bin-dotdot
+printf '{"metadata":{"total_size":8},"weight_map":{"w":"../../../../etc/shadow"}}\n' \
+    >index/bin-dotdot/pytorch_model.bin.index.json
+
+# ---- PyTorch .bin (zip) files --------------------------------------------------
+# (the pickle-level attacks are tests/fixtures/torchbin/hostile/, used as is)
+# an end-of-central-directory record claiming 65535 entries of 4 GiB
+# (after a local header's signature, so that it is taken for a zip)
+lh() { printf 'PK\003\004'; head -c 26 /dev/zero; }
+{ lh; printf 'PK\005\006\000\000\000\000\377\377\377\377\377\377\377\377\000\000\000\000\000\000'; } >bin/eocd-huge.bin
+# a zip64 end record pointing 2^63 bytes into the file
+{ lh; printf 'PK\006\006'; le64 44; printf '\055\000\055\000\000\000\000\000\000\000\000\000'
+  le64 1; le64 1; le64 46; printf '\000\000\000\000\000\000\000\200'
+  printf 'PK\006\007\000\000\000\000'; le64 30; printf '\001\000\000\000'
+  printf 'PK\005\006\000\000\000\000\377\377\377\377\377\377\377\377\377\377\377\377\000\000'; } >bin/zip64-offset-2p63.bin
+# a local header alone
+printf 'PK\003\004\024\000\000\000\000\000' >bin/local-header-only.bin
 
 # ---- graph files (YAML and JSON) ---------------------------------------------
 hdr='format: bmplan-graph/1'
@@ -173,4 +191,4 @@ mkd shape-overflow '{"model_type":"llama","hidden_size":4294967296,"intermediate
 mkdir -p hf/nested-100k
 { printf '{"model_type":"llama","x":'; rep '[' 100000; rep ']' 100000; printf '}\n'; } >hf/nested-100k/config.json
 
-echo "generated: $(find st index graph hf offload -type f | wc -l) files"
+echo "generated: $(find st index graph hf offload bin -type f | wc -l) files"
