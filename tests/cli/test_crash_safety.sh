@@ -24,7 +24,10 @@ RANDOM=20240229 # the fixed seed of every choice below
 commands=$("$REAL" --help 2>/dev/null | sed -n '/^commands:/,/^$/p' | awk 'NF {print $1}')
 built() { printf '%s\n' "$commands" | grep -qx -- "$1"; }
 have_strace=0
-[ -z "${CRASH_NO_STRACE:-}" ] && strace -f -qq -o /dev/null -e trace=none true 2>/dev/null && have_strace=1
+# LeakSanitizer cannot run under ptrace: traced runs of an ASan build go
+# without it (the untraced runs keep it)
+TRACE=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" strace -f -qq)
+[ -z "${CRASH_NO_STRACE:-}" ] && "${TRACE[@]}" -o /dev/null -e trace=none true 2>/dev/null && have_strace=1
 
 # ---- inputs ------------------------------------------------------------------
 le64() {
@@ -111,7 +114,7 @@ crash_test() {
         cmd_for "$kind" "$SRC" "$w/out"
         local calls=() durations=()
         if [ $have_strace = 1 ]; then
-            strace -f -qq -o "$w/log" -e trace=$SYSCALLS -- "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1
+            "${TRACE[@]}" -o "$w/log" -e trace=$SYSCALLS -- "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1
             # "PID name(args) = ret": keep the calls that change the output
             # side (creating opens, writes to files, syncs, renames...),
             # each as NAME:N, its N-th call of that name in its thread
@@ -141,7 +144,7 @@ crash_test() {
                 { wait "$pid"; } 2>/dev/null; rc=$?
             else
                 # (grouped so that bash's "Killed" note goes nowhere)
-                rc=$( { strace -f -qq -o /dev/null -e trace="$name" -e inject="$name":signal=KILL:when="$k" \
+                rc=$( { "${TRACE[@]}" -o /dev/null -e trace="$name" -e inject="$name":signal=KILL:when="$k" \
                     -- "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1; echo $?; } 2>/dev/null )
             fi
             points=$((points + 1))
@@ -259,7 +262,7 @@ limits_test() {
             local p=$d/inj-$name-$s force=() want=absent; mkdir -p "$p"
             cmd_for "$kind" "$SRC" "$p/out"
             if [ $s = replace ]; then cp -a "$T/$kind/ref-old/out" "$p/out"; force=("${FORCE[@]}"); want=$old; fi
-            strace -f -qq -o "$T/inj.log" -e trace="$name" -e inject="$name":error="$errno":when="$k" \
+            "${TRACE[@]}" -o "$T/inj.log" -e trace="$name" -e inject="$name":error="$errno":when="$k" \
                 -- "$REAL" "${CMD[@]}" "${force[@]}" >"$T/out" 2>"$T/err"
             local rc=$?
             if ! grep -q "(INJECTED)" "$T/inj.log"; then
@@ -290,7 +293,7 @@ lock_test() {
     [ $have_strace = 1 ] || { echo "skipped: concurrent runs (strace cannot run here)"; return; }
     # the first run is slowed at each sync so that it holds the lock for
     # a while; the second starts once the first's temporaries appear
-    strace -f -qq -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:delay_enter=300000 \
+    "${TRACE[@]}" -o /dev/null -e trace=fsync,fdatasync -e inject=fsync,fdatasync:delay_enter=300000 \
         -- "$REAL" "${CMD[@]}" >"$T/first.out" 2>"$T/first.err" &
     local pid=$! waited=0
     while [ -z "$(ls -A "$d")" ] && [ $waited -lt 200 ]; do sleep 0.05; waited=$((waited + 1)); done
