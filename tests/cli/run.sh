@@ -26,7 +26,7 @@ if [ -n "$BMPLAN_WRAPPER" ]; then
     BMPLAN=$wrapdir/bmplan
 fi
 export BMPLAN ROOT="$root" SHARED="${SHARED:-$root/../shared}"
-passed=0 failed=0
+passed=0 failed=0 known=0
 if [ $# -gt 0 ]; then
     scripts=(); for n in "$@"; do scripts+=("$here/test_$n.sh"); done
 else
@@ -35,16 +35,23 @@ fi
 for t in "${scripts[@]}"; do
     [ -e "$t" ] || continue
     out=$(bash "$t" 2>&1); rc=$?
+    # "not ok ... # TODO why" marks a known problem: listed, not counted
     p=$(printf '%s\n' "$out" | grep -c '^ok ' || true)
-    f=$(printf '%s\n' "$out" | grep -c '^not ok ' || true)
+    f=$(printf '%s\n' "$out" | grep '^not ok ' | grep -vc ' # TODO ' || true)
+    k=$(printf '%s\n' "$out" | grep '^not ok ' | grep -c ' # TODO ' || true)
+    known=$((known + k))
     if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
     passed=$((passed + p)); failed=$((failed + f))
     if [ $rc -ne 0 ] || [ "$f" -ne 0 ]; then
         echo "FAIL $(basename "$t")"; printf '%s\n' "$out" | grep -v '^ok ' | sed 's/^/    /' | head -40
     else
         echo "PASS $(basename "$t") ($p checks)"
-        printf '%s\n' "$out" | grep '^skipped' | sed 's/^/    /'
+        printf '%s\n' "$out" | grep -e '^skipped' -e ' # TODO ' | sed 's/^/    /'
     fi
 done
-echo "cli: $passed passed, $failed failed"
+if [ "$known" -gt 0 ]; then
+    echo "cli: $passed passed, $failed failed, $known known problems (TODO)"
+else
+    echo "cli: $passed passed, $failed failed"
+fi
 [ "$failed" -eq 0 ]

@@ -22,6 +22,8 @@
 REAL=${BMPLAN_REAL:-$BMPLAN}
 RANDOM=20240229 # the fixed seed of every choice below
 commands=$("$REAL" --help 2>/dev/null | sed -n '/^commands:/,/^$/p' | awk 'NF {print $1}')
+# a known problem: reported on every run, not counted as a failure
+todo() { _n=$((_n+1)); echo "not ok $_n - $1 # TODO $2"; }
 built() { printf '%s\n' "$commands" | grep -qx -- "$1"; }
 have_strace=0
 # LeakSanitizer cannot run under ptrace: traced runs of an ASan build go
@@ -104,24 +106,37 @@ crash_test() {
     [ "$(tree_digest "$d/ref-new/again")" = "$new" ] && ok "$kind: output is deterministic" ||
         notok "$kind: two runs on one input differ"
 
-    local fired=0 points=0 scenario
-    for scenario in fresh replace; do
+    local merged=none
+    if [ "$kind" = offload ]; then
+        # --merge updates an older folder in place: its reference
+        cp -a "$d/ref-old/out" "$d/ref-merge"
+        cmd_for "$kind" "$SRC" "$d/ref-merge"
+        expect_rc 0 "$kind: reference --merge run" -- "$REAL" "${CMD[@]}" --merge
+        merged=$(tree_digest "$d/ref-merge")
+    fi
+
+    local fired=0 points=0 scenario scenarios="fresh replace"
+    [ "$kind" = offload ] && scenarios="fresh replace merge"
+    for scenario in $scenarios; do
         cmd_for "$kind" "$SRC" "$d/x"
-        local force=(); [ $scenario = replace ] && force=("${FORCE[@]}")
+        # per scenario: the flags, what the output may be after a kill, and
+        # what the next run must give
+        local flags=() again=() allowed=("absent" "$new") final=$new
+        case $scenario in
+            replace) flags=("${FORCE[@]}"); again=("${FORCE[@]}"); allowed=("$old" "$new") ;;
+            merge) flags=(--merge); again=(--merge); allowed=("$old" "$merged"); final=$merged ;;
+        esac
         # the calls of one whole run in this scenario
         local w=$d/trace-$scenario; mkdir -p "$w"
-        [ $scenario = replace ] && cp -a "$d/ref-old/out" "$w/out"
+        [ $scenario = fresh ] || cp -a "$d/ref-old/out" "$w/out"
         cmd_for "$kind" "$SRC" "$w/out"
-        local calls=() durations=()
+        local calls=()
         if [ $have_strace = 1 ]; then
-            "${TRACE[@]}" -o "$w/log" -e trace=$SYSCALLS -- "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1
-            # "PID name(args) = ret": keep the calls that change the output
-            # side (creating opens, writes to files, syncs, renames...),
-            # each as NAME:N, its N-th call of that name in its thread
+            "${TRACE[@]}" -o "$w/log" -e trace=$SYSCALLS -- "$REAL" "${CMD[@]}" "${flags[@]}" >/dev/null 2>&1
             mapfile -t calls < <(output_calls "$w/log")
         else
             local t0; t0=$(date +%s%N)
-            "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1
+            "$REAL" "${CMD[@]}" "${flags[@]}" >/dev/null 2>&1
             local ms=$(( ($(date +%s%N) - t0) / 1000000 + 1 ))
             local i; for i in $(seq 1 10); do calls+=("time:$(( ms * i / 10 ))"); done
         fi
@@ -133,11 +148,11 @@ crash_test() {
             local pick=${calls[$(( i * seg + RANDOM % seg ))]}
             local name=${pick%%:*} k=${pick##*:}
             local p=$d/kill.$scenario.$i; mkdir -p "$p"
-            [ $scenario = replace ] && cp -a "$d/ref-old/out" "$p/out"
+            [ $scenario = fresh ] || cp -a "$d/ref-old/out" "$p/out"
             cmd_for "$kind" "$SRC" "$p/out"
             local rc
             if [ "$name" = time ]; then
-                "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1 &
+                "$REAL" "${CMD[@]}" "${flags[@]}" >/dev/null 2>&1 &
                 local pid=$!
                 sleep "$(printf '0.%03d' "$k")"
                 kill -KILL "$pid" 2>/dev/null
@@ -145,27 +160,26 @@ crash_test() {
             else
                 # (grouped so that bash's "Killed" note goes nowhere)
                 rc=$( { "${TRACE[@]}" -o /dev/null -e trace="$name" -e inject="$name":signal=KILL:when="$k" \
-                    -- "$REAL" "${CMD[@]}" "${force[@]}" >/dev/null 2>&1; echo $?; } 2>/dev/null )
+                    -- "$REAL" "${CMD[@]}" "${flags[@]}" >/dev/null 2>&1; echo $?; } 2>/dev/null )
             fi
             points=$((points + 1))
             [ $rc -eq 137 ] && fired=$((fired + 1))
             local got problems=""
             got=$(tree_digest "$p/out")
-            if [ $scenario = fresh ]; then
-                [ "$got" = absent ] || [ "$got" = "$new" ] || problems="$problems; a partial output under the final name"
-            else
-                [ "$got" = "$old" ] || [ "$got" = "$new" ] || problems="$problems; the older output was damaged"
+            if [ "$got" != "${allowed[0]}" ] && [ "$got" != "${allowed[1]}" ]; then
+                if [ $scenario = fresh ]; then problems="$problems; a partial output under the final name"
+                else problems="$problems; the older output was damaged"; fi
             fi
             [ $rc -eq 137 ] || [ $rc -eq 0 ] || problems="$problems; exit $rc"
-            [ $rc -eq 0 ] && [ "$got" != "$new" ] && problems="$problems; exit 0 without the output"
+            [ $rc -eq 0 ] && [ "$got" != "$final" ] && problems="$problems; exit 0 without the output"
             [ -z "$(beside "$p")" ] || problems="$problems; beside the output: $(beside "$p")"
             [ "$(sha256sum <"$SRC")" = "$input_digest" ] || problems="$problems; THE INPUT CHANGED"
             # the next run cleans up and succeeds
-            local again=(); [ -e "$p/out" ] && again=("${FORCE[@]}")
-            "$REAL" "${CMD[@]}" "${again[@]}" >"$T/out" 2>"$T/err"
+            local next=(); [ -e "$p/out" ] && next=("${again[@]}")
+            "$REAL" "${CMD[@]}" "${next[@]}" >"$T/out" 2>"$T/err"
             local rc2=$?
             [ $rc2 -eq 0 ] || problems="$problems; the next run failed ($rc2: $(head -c 200 "$T/err"))"
-            [ "$(tree_digest "$p/out")" = "$new" ] || problems="$problems; the next run's output differs"
+            [ "$(tree_digest "$p/out")" = "$final" ] || problems="$problems; the next run's output differs"
             # single files (graph -o) are written without a lock, so a run
             # cannot tell a dead run's temporary from a live one's: those
             # stay, hidden; folder outputs must be clean
@@ -174,7 +188,16 @@ crash_test() {
             [ -z "$left" ] || problems="$problems; left after the next run: $(echo $left)"
             local what="$kind $scenario: killed at $name #$k"
             [ $rc -eq 137 ] || what="$kind $scenario: $name #$k not reached (completed)"
-            if [ -z "$problems" ]; then ok "$what"; else notok "$what: ${problems#; }"; fi
+            if [ -z "$problems" ]; then
+                ok "$what"
+            elif [ $scenario = merge ] && [ "$problems" = "; the older output was damaged" ]; then
+                # known: --merge updates the folder in place (as accelerate
+                # does), so a kill between its renames mixes old and new
+                # entries; listed, not counted, until merges are atomic
+                todo "$what: the older output was damaged" "offload --merge is not atomic"
+            else
+                notok "$what: ${problems#; }"
+            fi
             rm -rf "$p"
         done
     done
@@ -235,8 +258,9 @@ limits_test() {
     if [ "$kind" != graph ]; then
         p=$d/file; mkdir -p "$p"; echo keep >"$p/out"
         cmd_for "$kind" "$SRC" "$p/out"
+        local keep; keep=$(tree_digest "$p/out")
         "$BMPLAN" "${CMD[@]}" "${FORCE[@]}" >"$T/out" 2>"$T/err"
-        fail_check "$kind: an output path that is a file" "$p" "$(tree_digest "$p/out")" $?
+        fail_check "$kind: an output path that is a file" "$p" "$keep" $?
         [ "$(cat "$p/out")" = keep ] && ok "$kind: the file is kept" || notok "$kind: the file was changed"
     fi
 
