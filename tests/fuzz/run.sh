@@ -8,6 +8,7 @@
 #                          0 = no cap)
 #          FUZZ_CC=clang   the compiler
 #          FUZZ_JOBS=2     parallel compiles of the library objects
+#          FUZZ_SCRATCH=D  where targets run (default /dev/shm, else build/fuzz)
 #
 # Per target, optional files beside the source: NAME.dict (a libFuzzer
 # dictionary) and NAME.options (extra libFuzzer flags, one line).
@@ -18,6 +19,7 @@
 # (tests/unit/test_regressions.c). Counts go to build/fuzz/summary.tsv.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
+root=$PWD
 secs=${1:-10}; shift || true
 runs=${FUZZ_RUNS:-}
 CC=${FUZZ_CC:-clang}
@@ -52,6 +54,11 @@ wait
 for o in $objs; do [ -s "$o" ] || buildfail=1; done
 [ "$buildfail" -eq 0 ] || { echo "fuzz: building the library failed" >&2; exit 1; }
 
+scratch_base=${FUZZ_SCRATCH:-}
+if [ -z "$scratch_base" ]; then
+    scratch_base=$root/$out
+    [ -d /dev/shm ] && [ -w /dev/shm ] && scratch_base=/dev/shm
+fi
 targets=${*:-$(ls tests/fuzz/fuzz_*.c | sed 's|.*/fuzz_||; s|\.c$||')}
 summary=$out/summary.tsv
 printf 'target\texecutions\tseconds\tresult\n' >"$summary"
@@ -64,23 +71,30 @@ for t in $targets; do
         echo "fuzz $t: BUILD FAILED"; printf '%s\t0\t0\tbuild failed\n' "$t" >>"$summary"
         fail=1; continue
     fi
-    corpus=tests/fuzz/corpus/$t; mkdir -p "$corpus"
-    work=$out/corpus_$t; mkdir -p "$work"
-    find=tests/fuzz/findings/$t; mkdir -p "$find"
-    log=$out/fuzz_$t.log
+    corpus=$root/tests/fuzz/corpus/$t; mkdir -p "$corpus"
+    work=$root/$out/corpus_$t; mkdir -p "$work"
+    find=$root/tests/fuzz/findings/$t; mkdir -p "$find"
+    log=$root/$out/fuzz_$t.log
+    # each target runs in a scratch folder of its own: whatever it writes
+    # (targets that read folders build them there) stays in it
+    # (in memory when /dev/shm is there: targets that write files run
+    # several times faster)
+    scratch=$scratch_base/bmplan-fuzz-$t.$$; rm -rf "$scratch"; mkdir -p "$scratch"
     extra=""
-    [ -e "tests/fuzz/$t.dict" ] && extra="$extra -dict=tests/fuzz/$t.dict"
+    [ -e "tests/fuzz/$t.dict" ] && extra="$extra -dict=$root/tests/fuzz/$t.dict"
     [ -e "tests/fuzz/$t.options" ] && extra="$extra $(head -1 "tests/fuzz/$t.options")"
     if [ -n "$runs" ]; then limit="-runs=$runs -max_total_time=$secs"; else limit="-max_total_time=$secs"; fi
     start=$(date +%s)
     # shellcheck disable=SC2086
-    "$bin" $limit -rss_limit_mb=1024 -malloc_limit_mb=1024 -timeout=10 -max_len=65536 \
-        -artifact_prefix="$find/" -print_final_stats=1 $extra "$work" "$corpus" >"$log" 2>&1
+    (cd "$scratch" && exec "$root/$bin" $limit -rss_limit_mb=1024 -malloc_limit_mb=1024 \
+        -timeout=10 -max_len=65536 -artifact_prefix="$find/" -print_final_stats=1 $extra \
+        "$work" "$corpus") >"$log" 2>&1
     rc=$?
+    rm -rf "$scratch"
     took=$(( $(date +%s) - start ))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     if [ $rc -ne 0 ]; then
-        echo "fuzz $t: FINDING after ${execs:-?} executions (see $log and $find/)"
+        echo "fuzz $t: FINDING after ${execs:-?} executions (see ${log#$root/} and ${find#$root/}/)"
         grep -m3 -E 'ERROR:|runtime error|SUMMARY' "$log" | sed 's/^/    /'
         printf '%s\t%s\t%s\tfinding\n' "$t" "${execs:-0}" "$took" >>"$summary"
         fail=1
