@@ -266,7 +266,8 @@ static void heap_pop(planner *p)
 static void bucket_add(planner *p, int32_t m)
 {
     struct bucket *b = bucket_get(p, p->lmax[m]);
-    if (b->n == 0) {
+    /* report the earliest layer of that size (modules are in pre-order) */
+    if (b->n == 0 || p->llayer[m] < b->layer) {
         b->layer = p->llayer[m];
         b->f = p->mfloat[p->llayer[m]];
     }
