@@ -11,10 +11,7 @@
 #include <unistd.h>
 
 static const char *const usage[] = {
-    "[MODEL] [--graph FILE] [--checkpoint PATH] --max-memory SPEC [--max-memory SPEC]...",
-    "    [--no-split CLASS[,CLASS...]]... [--dtype DTYPE] [--special-dtype NAME=DTYPE]...",
-    "    [--strategy sequential|balanced|balanced_low_0] [--compat bmplan|0.27|latest]",
-    "    [--no-clean] [--verbose] [--report] [-o FILE]",
+    "[MODEL] [--graph FILE] [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
     NULL,
 };
 
