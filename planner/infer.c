@@ -123,8 +123,9 @@ typedef struct planner {
     int32_t *outside, n_outside;
     int32_t *T, n_T;
     int32_t *scratch; /* expansion of a module */
-    /* the raw map */
+    /* the raw map, and the final one (after cleaning; root = "") */
     int32_t *placed_obj, *placed_dev, n_placed;
+    int32_t *final_obj, *final_dev, n_final;
     int32_t *slot;
     /* devices */
     int ndev;
@@ -1027,6 +1028,13 @@ static bm_status run(planner *p)
  * PYTHONHASHSEED=0 (how the reference maps were made); bmplan iterates
  * children in order of first appearance (the corpus' canonical order).
  */
+static bm_status final_key(planner *p, bm_devmap *out, int32_t o, int32_t k)
+{
+    p->final_obj[p->n_final] = o;
+    p->final_dev[p->n_final++] = k;
+    return bm_devmap_set(out, obj_name(p, o), p->dev[k], p->err);
+}
+
 static bm_status clean_map(planner *p, bm_devmap *out)
 {
     int32_t nm = p->nm;
@@ -1099,7 +1107,7 @@ static bm_status clean_map(planner *p, bm_devmap *out)
                                   : (blocked[p->tree->tensors[o - nm].module] ||
                                      merged[p->tree->tensors[o - nm].module]);
         if (!under)
-            st = bm_devmap_set(out, obj_name(p, o), p->dev[p->placed_dev[i]], p->err);
+            st = final_key(p, out, o, p->placed_dev[i]);
     }
     /* merged modules, in visit order */
     int32_t sp = 0;
@@ -1108,7 +1116,7 @@ static bm_status clean_map(planner *p, bm_devmap *out)
     while (sp > 0 && !st) {
         int32_t m = stack[--sp];
         if (merged[m]) {
-            st = bm_devmap_set(out, p->tree->modules[m].name, p->dev[val[m]], p->err);
+            st = final_key(p, out, m, val[m]);
             continue;
         }
         int32_t nk = 0;
@@ -1177,6 +1185,8 @@ static void planner_free(planner *p)
     free(p->scratch);
     free(p->placed_obj);
     free(p->placed_dev);
+    free(p->final_obj);
+    free(p->final_dev);
     free(p->slot);
     free(p->dev);
     free(p->budget);
@@ -1260,6 +1270,8 @@ bm_status bm_plan_infer(const bm_tree *tree, const bm_plan_opts *opts,
     p->scratch = malloc(nobj * sizeof *p->scratch);
     p->placed_obj = malloc(nobj * sizeof *p->placed_obj);
     p->placed_dev = malloc(nobj * sizeof *p->placed_dev);
+    p->final_obj = malloc((nobj + 1) * sizeof *p->final_obj);
+    p->final_dev = malloc((nobj + 1) * sizeof *p->final_dev);
     p->slot = malloc(nobj * sizeof *p->slot);
     uint32_t bcap = 4;
     while (bcap < (uint32_t)nm * 2 + 2)
@@ -1269,7 +1281,7 @@ bm_status bm_plan_infer(const bm_tree *tree, const bm_plan_opts *opts,
     p->heap = malloc(((size_t)nm + 1) * sizeof *p->heap);
     if (!p->mbits || !p->tbits || !p->mfloat || !p->tfloat || !p->nosplit || !p->lmax ||
         !p->lcnt || !p->llayer || !p->nodes || !p->scratch || !p->placed_obj ||
-        !p->placed_dev || !p->slot || !p->bk || !p->heap) {
+        !p->placed_dev || !p->final_obj || !p->final_dev || !p->slot || !p->bk || !p->heap) {
         st = nomem(p);
         goto fail;
     }
@@ -1379,8 +1391,7 @@ bm_status bm_plan_infer(const bm_tree *tree, const bm_plan_opts *opts,
     }
     if (opts->no_clean) {
         for (int32_t i = 0; i < p->n_placed && !st; i++)
-            st = bm_devmap_set(plan->map, obj_name(p, p->placed_obj[i]),
-                               p->dev[p->placed_dev[i]], err);
+            st = final_key(p, plan->map, p->placed_obj[i], p->placed_dev[i]);
     } else {
         st = clean_map(p, plan->map);
     }
@@ -1395,11 +1406,25 @@ bm_status bm_plan_infer(const bm_tree *tree, const bm_plan_opts *opts,
     }
     plan->n_devices = ndev;
     plan->total_bits = p->mbits[0];
-    bm_device *tdev;
-    uint64_t *tbits;
-    int ntd;
-    if ((st = bm_devmap_device_totals(tree, plan->map, p->tbits, &tdev, &tbits, &ntd, err)))
+    /* each tensor's device: its own key, else its nearest module key */
+    int32_t *own = malloc(nobj * sizeof *own);
+    if (!own) {
+        st = nomem(p);
         goto fail;
+    }
+    for (size_t i = 0; i < nobj; i++)
+        own[i] = -1;
+    for (int32_t i = 0; i < p->n_final; i++)
+        own[p->final_obj[i]] = p->final_dev[i];
+    for (int32_t m = 1; m < nm; m++)
+        if (own[m] < 0)
+            own[m] = own[tree->modules[m].parent];
+    for (int32_t ti = 0; ti < nt; ti++) {
+        int32_t k = own[nm + ti] >= 0 ? own[nm + ti] : own[tree->tensors[ti].module];
+        if (k >= 0)
+            plan->devices[k].placed_bits += p->tbits[ti];
+    }
+    free(own);
     for (int i = 0; i < ndev; i++) {
         bm_plan_device *d = &plan->devices[i];
         d->dev = p->dev[i];
@@ -1410,12 +1435,7 @@ bm_status bm_plan_infer(const bm_tree *tree, const bm_plan_opts *opts,
         d->main_device = p->is_main[i];
         d->reserved_bits = p->reserved[i];
         d->reserved_for = p->reserved_for[i] == BM_NONE ? NULL : obj_name(p, p->reserved_for[i]);
-        for (int j = 0; j < ntd; j++)
-            if (bm_device_eq(tdev[j], d->dev))
-                d->placed_bits = tbits[j];
     }
-    free(tdev);
-    free(tbits);
     plan->tied = p->tied;
     p->tied.groups = NULL;
     p->tied.n = 0;

@@ -162,7 +162,11 @@ bm_status bm_tied_find(const bm_tree *tree, bm_compat compat, bm_tied *out,
     for (int32_t g = 0; g < tree->n_ties; g++)
         rank[g] = INT64_MAX;
     bm_status st = BM_OK;
-    if (compat == BM_COMPAT_LATEST && (st = latest_order(tree, rank, err))) {
+    /* the order only matters between two or more groups */
+    int32_t with_alias = 0;
+    for (int32_t g = 0; g < tree->n_ties; g++)
+        with_alias += tree->ties[g].n > 1;
+    if (compat == BM_COMPAT_LATEST && with_alias > 1 && (st = latest_order(tree, rank, err))) {
         free(fg);
         free(rank);
         return st;
