@@ -744,8 +744,6 @@ static bm_status try_tie_split(planner *p, int32_t e, bool *split)
 
 static void next_device(planner *p, int32_t e, int *k, pynum *used)
 {
-    p->reserved[*k] = p->is_main[*k] ? (int64_t)p->R : 0;
-    p->reserved_for[*k] = p->is_main[*k] ? p->R_layer : BM_NONE;
     (*k)++;
     q_push_front(p, e);
     *used = (pynum){0, false};
@@ -775,6 +773,17 @@ static void log_not_enough_ties(planner *p, int k, int32_t e, pynum avail, pynum
     log_num(p, W);
     bm_sb_str(&p->line, ").");
     log_flush(p);
+}
+
+/* A layer of size R still waiting in the work list, for the report: the
+ * first one, looked for within a bounded number of steps. */
+static int32_t waiting_layer(planner *p)
+{
+    int steps = 0;
+    for (int32_t o = p->head; o >= 0 && steps < 4096; o = p->nodes[o].next, steps++)
+        if (is_mod(p, o) && p->lmax[o] == p->R)
+            return p->llayer[o];
+    return p->R_layer;
 }
 
 static bm_status run(planner *p)
@@ -863,6 +872,11 @@ static bm_status run(planner *p)
         }
         if (k >= p->ndev)
             return bm_fail(p->err, BM_E_INTERNAL, "planner ran past the last device");
+        if (p->is_main[k] && (int64_t)p->R > p->reserved[k]) {
+            /* the most room this device kept, and for what (report) */
+            p->reserved[k] = (int64_t)p->R;
+            p->reserved_for[k] = waiting_layer(p);
+        }
         bool has_cap = p->has_budget[k];
         pynum cap = p->budget[k];
         if (has_cap && p->is_main[k])
@@ -1005,10 +1019,6 @@ static bm_status run(planner *p)
         }
         used = pn_add(used, size);
         place(p, e, k);
-    }
-    if (k < p->ndev && p->reserved_for[k] == BM_NONE && p->is_main[k]) {
-        p->reserved[k] = (int64_t)p->R;
-        p->reserved_for[k] = p->R_layer;
     }
     return BM_OK;
 }
@@ -1463,8 +1473,8 @@ void bm_plan_free(bm_plan *plan)
 void bm_plan_print_report(const bm_plan *plan, FILE *out)
 {
     char dev[32], a[32], b[32], c[32];
-    fprintf(out, "%-8s %14s %14s %14s  %s\n", "device", "placed", "budget", "reserved",
-            "reserved for");
+    fprintf(out, "%-8s %14s %14s %14s  %s\n", "device", "placed", "budget", "kept free",
+            "for the largest layer left");
     for (int i = 0; i < plan->n_devices; i++) {
         const bm_plan_device *d = &plan->devices[i];
         bm_size_format_bits(d->placed_bits, a, sizeof a);
@@ -1488,6 +1498,7 @@ void bm_plan_print_report(const bm_plan *plan, FILE *out)
                     : "");
     }
     bm_size_format_bits(plan->total_bits, a, sizeof a);
-    fprintf(out, "model: %s; main devices keep room for the largest layer still to place\n",
+    fprintf(out, "model: %s. Main devices keep room for the largest layer still to place, so\n"
+                 "that an offloaded layer can be brought back to them.\n",
             a);
 }

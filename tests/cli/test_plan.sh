@@ -48,7 +48,7 @@ expect_rc 0 "plan --verbose" -- "$BMPLAN" plan "$G/gpt2.yaml" --max-memory 0=200
 expect_err_contains "Treating module transformer."
 expect_err_contains "Splitting transformer."
 expect_rc 0 "plan --report" -- "$BMPLAN" plan "$G/gpt2.yaml" --max-memory 0=200MiB,cpu=1GiB --report
-expect_err_contains "reserved for"
+expect_err_contains "kept free"
 expect_err_contains "unlimited"
 
 # --no-split '' means no class is kept whole; the graph's list is the default
