@@ -203,7 +203,7 @@ int cmd_plan(int argc, char **argv)
 
     bm_model_opts mo = {.model = npos ? pos[0] : NULL, .graph = graph, .checkpoint = checkpoint};
     if (bm_model_open(&mo, &model, &err)) {
-        rc = cli_fail("plan", &err);
+        rc = plan_fail(out, &err);
         goto done;
     }
     const bm_tree *tree = model->tree;

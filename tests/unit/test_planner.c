@@ -662,6 +662,23 @@ START_TEST(test_float8_and_subbyte_sizes)
     pa.dtype = BM_DTYPE_INVALID;
     expect_map(t, pa, "{\"\": \"cpu\"}");
     bm_tree_free(t);
+
+    /* int2 (1.x, bmplan): 1/4 byte; accelerate 0.27 has no int2 */
+    t = bm_tree_new();
+    root = bm_tree_add_root(t, "M", &err);
+    lin = bm_tree_add_module(t, root, "lin", "Linear", &err);
+    int64_t n8[] = {8};
+    ck_assert_int_eq(bm_tree_add_tensor(t, lin, "weight", BM_F32, 1, n8, false, true, &err), BM_OK);
+    finish(t);
+    /* 2 bytes; the last layer reserves nothing for itself: fits in 2, not 1 */
+    pa = (plan_args){.compat = BM_COMPAT_BMPLAN, .budgets = "0=2", .dtype = BM_INT2};
+    expect_map(t, pa, "{\"lin\": 0}");
+    pa.budgets = "0=1";
+    expect_map(t, pa, "{\"lin\": \"disk\"}");
+    pa.compat = BM_COMPAT_0_27;
+    ck_assert_int_eq(plan(t, pa, &map, &err), BM_E_COMPAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "int2"));
+    bm_tree_free(t);
 }
 END_TEST
 
