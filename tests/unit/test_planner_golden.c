@@ -334,6 +334,11 @@ static void check_bmplan(case_input *in, const char *id)
         ck_assert_int_eq(bm_devmap_check(in->tree, o.plan->map, &planned, &so, &r, &err), BM_OK);
         if (r.n_problems)
             snprintf(what, sizeof what, "bmplan: invalid map: %s", r.problems[0]);
+        /* non-persistent buffers too: bmplan never drops a tensor */
+        for (int32_t ti = 0; ti < in->tree->n_tensors && !what[0]; ti++)
+            if (bm_devmap_lookup(o.plan->map, in->tree->tensors[ti].name) == BM_NONE)
+                snprintf(what, sizeof what, "bmplan: '%s' has no device",
+                         in->tree->tensors[ti].name);
         bm_check_result_free(&r);
         bm_budgets_free(&planned);
         if (!what[0] && json_object_get(c, "expected") &&
