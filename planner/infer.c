@@ -786,18 +786,196 @@ static int32_t waiting_layer(planner *p)
     return p->R_layer;
 }
 
-static bm_status run(planner *p)
+/* One decision: entry e on device k. */
+typedef struct step {
+    int32_t e;
+    int k;
+    pynum size;
+    bool has_cap; /* false on disk: no limit */
+    pynum cap;    /* budget, minus the reservation on main devices */
+    pynum avail;  /* cap - used, for the log */
+} step;
+
+static void log_putting(planner *p, const step *s, bool with_ties_027)
+{
+    if (with_ties_027) {
+        /* 0.27: "Putting x and [...] on d." */
+        bm_sb_printf(&p->line, "Putting %s and ", obj_name(p, s->e));
+        log_names(p, p->T, p->n_T);
+        bm_sb_str(&p->line, " on ");
+        log_dev(p, s->k);
+    } else if (p->compat == BM_COMPAT_LATEST) {
+        bm_sb_printf(&p->line, "Putting %s", obj_name(p, s->e));
+        if (p->n_T) {
+            bm_sb_str(&p->line, " and ");
+            log_names(p, p->T, p->n_T);
+        } else {
+            bm_sb_str(&p->line, " (size=");
+            log_num(p, s->size);
+            bm_sb_str(&p->line, ")");
+        }
+        if (s->has_cap) {
+            bm_sb_str(&p->line, " (available=");
+            log_num(p, s->avail);
+            bm_sb_str(&p->line, ")");
+        }
+        bm_sb_str(&p->line, " on ");
+        log_dev(p, s->k);
+    } else {
+        bm_sb_printf(&p->line, "Putting %s (size=", obj_name(p, s->e));
+        log_num(p, s->size);
+        bm_sb_str(&p->line, ") on ");
+        log_dev(p, s->k);
+        if (s->has_cap) {
+            bm_sb_str(&p->line, " (available=");
+            log_num(p, s->avail);
+            bm_sb_str(&p->line, ")");
+        }
+    }
+    bm_sb_str(&p->line, ".");
+    log_flush(p);
+}
+
+static void log_ties(planner *p)
 {
     const bm_tree *tree = p->tree;
-    const bm_module *root = &tree->modules[0];
-    /* the root's parameters, children, then all its buffers */
-    for (int32_t i = 0; i < root->n_params; i++)
-        q_push_back(p, p->nm + root->tensor_begin + i);
-    for (int32_t c = root->first_child; c != BM_NONE; c = tree->modules[c].next_sibling)
-        q_push_back(p, c);
-    for (int32_t i = 0; i < root->n_buffers; i++)
-        q_push_back(p, p->nm + root->tensor_begin + root->n_params + i);
-    /* first reservation: top-level tensors count as layers too */
+    if (p->n_rel > 0) {
+        bm_sb_str(&p->line, "  Found the relevant tied param groups [");
+        for (int32_t i = 0; i < p->n_rel; i++) {
+            const bm_tied_group *g = &p->tied.groups[p->rel[i]];
+            bm_sb_str(&p->line, i ? ", [" : "[");
+            for (int32_t j = 0; j < g->n; j++) {
+                if (j)
+                    bm_sb_str(&p->line, ", ");
+                bm_sb_pyrepr(&p->line, tree->tensors[g->tensors[j]].name);
+            }
+            bm_sb_str(&p->line, "]");
+        }
+        bm_sb_str(&p->line, "]");
+        log_flush(p);
+    }
+    if (p->n_outside > 0) {
+        bm_sb_str(&p->line, "  So those parameters need to be taken into account [");
+        for (int32_t i = 0; i < p->n_outside; i++) {
+            if (i)
+                bm_sb_str(&p->line, ", ");
+            bm_sb_pyrepr(&p->line, tree->tensors[p->outside[i]].name);
+        }
+        bm_sb_str(&p->line, "]");
+        log_flush(p);
+    }
+}
+
+/* Split entry e (a module that does not fit) or move to the next device. */
+static void split_or_move(planner *p, const step *s, int *k, pynum *used)
+{
+    if (splittable(p, s->e)) {
+        if (p->vlog) {
+            bm_sb_printf(&p->line, "Splitting %s.", obj_name(p, s->e));
+            log_flush(p);
+        }
+        split_entry(p, s->e);
+        return;
+    }
+    if (p->vlog) {
+        bm_sb_str(&p->line, "This module cannot be split, going to the next device.");
+        log_flush(p);
+    }
+    next_device(p, s->e, k, used);
+}
+
+/* accelerate 1.x (1.2+): sizes with ties first; fit; else split a tied
+ * module; else split e when used + size >= cap; else next device. */
+static bm_status step_latest(planner *p, const step *s, int *k, pynum *used)
+{
+    pynum W;
+    bm_status st = resolve_ties(p, s->e, s->size, &W);
+    if (st)
+        return st;
+    if (!s->has_cap || pn_add(*used, W).b <= s->cap.b) {
+        if (p->vlog)
+            log_putting(p, s, false);
+        *used = pn_add(*used, W);
+        place_with_ties(p, s->e, s->k);
+        return BM_OK;
+    }
+    if (p->n_outside > 0 && pn_add(*used, s->size).b <= s->cap.b) {
+        if (p->vlog)
+            log_not_enough_ties(p, s->k, s->e, s->avail, W);
+        bool split;
+        if ((st = try_tie_split(p, s->e, &split)) || split)
+            return st;
+    }
+    if (pn_add(*used, s->size).b >= s->cap.b) {
+        if (p->vlog)
+            log_not_enough(p, s->k, s->e, s->avail, s->size);
+        split_or_move(p, s, k, used);
+        return BM_OK;
+    }
+    next_device(p, s->e, k, used);
+    return BM_OK;
+}
+
+/* accelerate 0.27.2, and bmplan: too big -> split or next device; fits with
+ * tied partners -> place them together, else split a tied module or move
+ * on; fits -> place. */
+static bm_status step_027(planner *p, const step *s, int *k, pynum *used)
+{
+    const bm_tree *tree = p->tree;
+    bm_status st;
+    if (s->has_cap && pn_add(*used, s->size).b > s->cap.b) {
+        if (p->compat == BM_COMPAT_0_27 && !is_mod(p, s->e) &&
+            tree->tensors[s->e - p->nm].is_buffer)
+            return crash_tensor_split(p, s->e, false);
+        if (p->vlog)
+            log_not_enough(p, s->k, s->e, s->avail, s->size);
+        split_or_move(p, s, k, used);
+        return BM_OK;
+    }
+    if (p->n_outside == 0) {
+        if (p->vlog)
+            log_putting(p, s, false);
+        *used = pn_add(*used, s->size);
+        place(p, s->e, s->k);
+        return BM_OK;
+    }
+    pynum W;
+    if ((st = resolve_ties(p, s->e, s->size, &W)))
+        return st;
+    if (p->vlog) {
+        bm_sb_printf(&p->line, "  It looks like %s is going to fit on ", obj_name(p, s->e));
+        log_dev(p, s->k);
+        bm_sb_str(&p->line, " but we have tied parameters to account for.\n  - Names [");
+        for (int32_t i = 0; i < p->n_outside; i++) {
+            if (i)
+                bm_sb_str(&p->line, ", ");
+            bm_sb_pyrepr(&p->line, tree->tensors[p->outside[i]].name);
+        }
+        bm_sb_str(&p->line, "]\n  - Module names ");
+        log_names(p, p->T, p->n_T);
+        log_flush(p);
+    }
+    if (!s->has_cap || pn_add(*used, W).b <= s->cap.b) {
+        if (p->vlog)
+            log_putting(p, s, true);
+        *used = pn_add(*used, W);
+        place_with_ties(p, s->e, s->k);
+        return BM_OK;
+    }
+    if (p->vlog)
+        log_not_enough_ties(p, s->k, s->e, s->avail, W);
+    bool split;
+    if ((st = try_tie_split(p, s->e, &split)))
+        return st;
+    if (!split)
+        next_device(p, s->e, k, used);
+    return BM_OK;
+}
+
+/* The first reservation: over the initial entries, top-level tensors
+ * counting as layers. */
+static void first_reservation(planner *p)
+{
     p->R = 0;
     p->R_f = false;
     p->rn = 0;
@@ -819,6 +997,20 @@ static bm_status run(planner *p)
     }
     p->rc_stamp = ++p->clock;
     p->rc_tensors = true;
+}
+
+static bm_status run(planner *p)
+{
+    const bm_tree *tree = p->tree;
+    const bm_module *root = &tree->modules[0];
+    /* the root's parameters, children, then all its buffers */
+    for (int32_t i = 0; i < root->n_params; i++)
+        q_push_back(p, p->nm + root->tensor_begin + i);
+    for (int32_t c = root->first_child; c != BM_NONE; c = tree->modules[c].next_sibling)
+        q_push_back(p, c);
+    for (int32_t i = 0; i < root->n_buffers; i++)
+        q_push_back(p, p->nm + root->tensor_begin + root->n_params + i);
+    first_reservation(p);
 
     int k = 0;
     pynum used = {0, false};
@@ -830,7 +1022,8 @@ static bm_status run(planner *p)
             bm_sb_printf(&p->line, "\nTreating module %s.", obj_name(p, e));
             log_flush(p);
         }
-        /* names of the reservation below e leave it */
+        /* the reservation's layers below e leave it; when none is left,
+         * it is recomputed over the modules still waiting */
         if (counted) {
             if (is_mod(p, e)) {
                 if (p->lmax[e] == p->R)
@@ -841,35 +1034,9 @@ static bm_status run(planner *p)
         }
         if (p->rn <= 0)
             recompute(p);
-        pynum size = obj_size(p, e);
         tie_outside(p, e);
-        if (p->vlog && p->n_rel > 0) {
-            bm_sb_str(&p->line, "  Found the relevant tied param groups [");
-            for (int32_t i = 0; i < p->n_rel; i++) {
-                const bm_tied_group *g = &p->tied.groups[p->rel[i]];
-                if (i)
-                    bm_sb_str(&p->line, ", ");
-                bm_sb_str(&p->line, "[");
-                for (int32_t j = 0; j < g->n; j++) {
-                    if (j)
-                        bm_sb_str(&p->line, ", ");
-                    bm_sb_pyrepr(&p->line, tree->tensors[g->tensors[j]].name);
-                }
-                bm_sb_str(&p->line, "]");
-            }
-            bm_sb_str(&p->line, "]");
-            log_flush(p);
-        }
-        if (p->vlog && p->n_outside > 0) {
-            bm_sb_str(&p->line, "  So those parameters need to be taken into account [");
-            for (int32_t i = 0; i < p->n_outside; i++) {
-                if (i)
-                    bm_sb_str(&p->line, ", ");
-                bm_sb_pyrepr(&p->line, tree->tensors[p->outside[i]].name);
-            }
-            bm_sb_str(&p->line, "]");
-            log_flush(p);
-        }
+        if (p->vlog)
+            log_ties(p);
         if (k >= p->ndev)
             return bm_fail(p->err, BM_E_INTERNAL, "planner ran past the last device");
         if (p->is_main[k] && (int64_t)p->R > p->reserved[k]) {
@@ -877,148 +1044,15 @@ static bm_status run(planner *p)
             p->reserved[k] = (int64_t)p->R;
             p->reserved_for[k] = waiting_layer(p);
         }
-        bool has_cap = p->has_budget[k];
-        pynum cap = p->budget[k];
-        if (has_cap && p->is_main[k])
-            cap = pn_sub(cap, (pynum){(int64_t)p->R, p->R_f});
-        pynum avail = pn_sub(cap, used);
-        bm_status st;
-
-        if (p->compat == BM_COMPAT_LATEST) {
-            pynum W;
-            if ((st = resolve_ties(p, e, size, &W)))
-                return st;
-            if (!has_cap || pn_add(used, W).b <= cap.b) {
-                if (p->vlog) {
-                    bm_sb_printf(&p->line, "Putting %s", obj_name(p, e));
-                    if (p->n_T) {
-                        bm_sb_str(&p->line, " and ");
-                        log_names(p, p->T, p->n_T);
-                    } else {
-                        bm_sb_str(&p->line, " (size=");
-                        log_num(p, size);
-                        bm_sb_str(&p->line, ")");
-                    }
-                    if (has_cap) {
-                        bm_sb_str(&p->line, " (available=");
-                        log_num(p, avail);
-                        bm_sb_str(&p->line, ")");
-                    }
-                    bm_sb_str(&p->line, " on ");
-                    log_dev(p, k);
-                    bm_sb_str(&p->line, ".");
-                    log_flush(p);
-                }
-                used = pn_add(used, W);
-                place_with_ties(p, e, k);
-                continue;
-            }
-            if (p->n_outside > 0 && pn_add(used, size).b <= cap.b) {
-                if (p->vlog)
-                    log_not_enough_ties(p, k, e, avail, W);
-                bool split;
-                if ((st = try_tie_split(p, e, &split)))
-                    return st;
-                if (split)
-                    continue;
-            }
-            if (pn_add(used, size).b >= cap.b) {
-                if (p->vlog)
-                    log_not_enough(p, k, e, avail, size);
-                if (splittable(p, e)) {
-                    if (p->vlog) {
-                        bm_sb_printf(&p->line, "Splitting %s.", obj_name(p, e));
-                        log_flush(p);
-                    }
-                    split_entry(p, e);
-                    continue;
-                }
-                if (p->vlog) {
-                    bm_sb_str(&p->line, "This module cannot be split, going to the next device.");
-                    log_flush(p);
-                }
-            }
-            next_device(p, e, &k, &used);
-            continue;
-        }
-
-        /* 0.27.2 and bmplan */
-        if (has_cap && pn_add(used, size).b > cap.b) {
-            if (p->compat == BM_COMPAT_0_27 && !is_mod(p, e) &&
-                tree->tensors[e - p->nm].is_buffer)
-                return crash_tensor_split(p, e, false);
-            if (p->vlog)
-                log_not_enough(p, k, e, avail, size);
-            if (splittable(p, e)) {
-                if (p->vlog) {
-                    bm_sb_printf(&p->line, "Splitting %s.", obj_name(p, e));
-                    log_flush(p);
-                }
-                split_entry(p, e);
-            } else {
-                if (p->vlog) {
-                    bm_sb_str(&p->line, "This module cannot be split, going to the next device.");
-                    log_flush(p);
-                }
-                next_device(p, e, &k, &used);
-            }
-            continue;
-        }
-        if (p->n_outside > 0) {
-            pynum W;
-            if ((st = resolve_ties(p, e, size, &W)))
-                return st;
-            if (p->vlog) {
-                bm_sb_printf(&p->line,
-                             "  It looks like %s is going to fit on ", obj_name(p, e));
-                log_dev(p, k);
-                bm_sb_str(&p->line, " but we have tied parameters to account for.\n  - Names [");
-                for (int32_t i = 0; i < p->n_outside; i++) {
-                    if (i)
-                        bm_sb_str(&p->line, ", ");
-                    bm_sb_pyrepr(&p->line, tree->tensors[p->outside[i]].name);
-                }
-                bm_sb_str(&p->line, "]\n  - Module names ");
-                log_names(p, p->T, p->n_T);
-                log_flush(p);
-            }
-            if (!has_cap || pn_add(used, W).b <= cap.b) {
-                if (p->vlog) {
-                    bm_sb_printf(&p->line, "Putting %s and ", obj_name(p, e));
-                    log_names(p, p->T, p->n_T);
-                    bm_sb_str(&p->line, " on ");
-                    log_dev(p, k);
-                    bm_sb_str(&p->line, ".");
-                    log_flush(p);
-                }
-                used = pn_add(used, W);
-                place_with_ties(p, e, k);
-                continue;
-            }
-            if (p->vlog)
-                log_not_enough_ties(p, k, e, avail, W);
-            bool split;
-            if ((st = try_tie_split(p, e, &split)))
-                return st;
-            if (!split)
-                next_device(p, e, &k, &used);
-            continue;
-        }
-        if (p->vlog) {
-            bm_sb_printf(&p->line, "Putting %s (size=", obj_name(p, e));
-            log_num(p, size);
-            bm_sb_str(&p->line, ") on ");
-            log_dev(p, k);
-            if (has_cap) {
-                bm_sb_str(&p->line, " (available=");
-                log_num(p, avail);
-                bm_sb_str(&p->line, ")");
-            }
-            bm_sb_str(&p->line, ".");
-            log_flush(p);
-        }
-        used = pn_add(used, size);
-        place(p, e, k);
+        step s = {.e = e, .k = k, .size = obj_size(p, e), .has_cap = p->has_budget[k],
+                  .cap = p->budget[k]};
+        if (s.has_cap && p->is_main[k])
+            s.cap = pn_sub(s.cap, (pynum){(int64_t)p->R, p->R_f});
+        s.avail = pn_sub(s.cap, used);
+        bm_status st = p->compat == BM_COMPAT_LATEST ? step_latest(p, &s, &k, &used)
+                                                     : step_027(p, &s, &k, &used);
+        if (st)
+            return st;
     }
     return BM_OK;
 }
