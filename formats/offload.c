@@ -449,7 +449,7 @@ static void file_free(bm_offload_file *f)
     free(f);
 }
 
-/* Under w->mu: undo the slot reserved at begin. */
+/* Under w->mu: undo what begin did for a tensor that is dropped. */
 static void release_slot(bm_offload_writer *w, bm_offload_file *f)
 {
     if (f->created_slot) {
@@ -779,8 +779,7 @@ bm_status bm_offload_tensor_end(bm_offload_writer *w, bm_offload_file *f, bm_err
         json_object_set_new(w->index, f->name, dat_entry(f->dtype, f->ndim, f->shape));
         set_digest(w, f->name, digest);
     }
-    f->created_slot = false;
-    release_slot(w, f);
+    w->open_files--;
     pthread_mutex_unlock(&w->mu);
     file_free(f);
     return BM_OK;
@@ -921,7 +920,7 @@ bm_status bm_offload_writer_finish(bm_offload_writer *w, bm_error *err)
 
 struct st_source {
     char *path;
-    bm_checkpoint *ckpt;
+    bm_st_file *file;
 };
 
 struct bm_offload_impl {
@@ -952,7 +951,7 @@ static void offload_free(bm_offload *off)
                 munmap(im->maps[i], im->map_len[i]);
         for (int32_t i = 0; i < im->n_sources; i++) {
             free(im->sources[i].path);
-            bm_checkpoint_close(im->sources[i].ckpt);
+            bm_st_close(im->sources[i].file);
         }
         free(im->sources);
         free(im->maps);
@@ -1098,20 +1097,16 @@ static bm_status open_source(bm_offload *off, const char *path, int32_t *out, bm
     }
     if (!bm_is_file(path))
         return bm_fail(err, BM_E_NOTFOUND, "%s: safetensors file is missing", path);
-    bm_checkpoint *ck = NULL;
-    bm_status st = bm_checkpoint_open(path, &ck, err);
+    bm_st_file *f = NULL;
+    bm_status st = bm_st_open(path, 0, &f, err);
     if (st)
         return st;
-    if (ck->n_files != 1 || ck->files[0].kind != BM_CKPT_SAFETENSORS || ck->index_path) {
-        bm_checkpoint_close(ck);
-        return bm_fail(err, BM_E_FORMAT, "%s: not a safetensors file", path);
-    }
     char *p = strdup(path);
     if (!p) {
-        bm_checkpoint_close(ck);
+        bm_st_close(f);
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     }
-    im->sources[im->n_sources] = (struct st_source){p, ck};
+    im->sources[im->n_sources] = (struct st_source){p, f};
     *out = im->n_sources++;
     return BM_OK;
 }
@@ -1136,12 +1131,12 @@ static bm_status entry_reference(bm_offload *off, const char *ipath, const char 
     bm_status s = open_source(off, json_string_value(file), src, &e2);
     if (s)
         return problem(off, err, s, ipath, name, "%s", e2.msg);
-    bm_checkpoint *ck = off->impl->sources[*src].ckpt;
-    *src_ti = bm_checkpoint_find(ck, t->weight_name);
+    bm_st_file *sf = off->impl->sources[*src].file;
+    *src_ti = bm_st_find(sf->header, t->weight_name);
     if (*src_ti == BM_NONE)
         return problem(off, err, BM_E_NOTFOUND, json_string_value(file), name,
                        "weight '%.200s' is not in the file", t->weight_name);
-    const bm_ckpt_tensor *ct = &ck->tensors[*src_ti];
+    const bm_st_tensor *ct = &sf->header->tensors[*src_ti];
     t->file_dtype = ct->dtype;
     t->dtype = ct->dtype;
     if (dt && json_is_string(dt)) {
@@ -1159,7 +1154,7 @@ static bm_status entry_reference(bm_offload *off, const char *ipath, const char 
     memcpy(t->shape, ct->shape, sizeof t->shape);
     t->numel = ct->numel;
     t->nbytes = ct->numel * elem_size(t->dtype);
-    t->offset = ct->offset;
+    t->offset = sf->header->data_start + ct->begin;
     t->stored_bytes = ct->nbytes;
     t->path = strdup(json_string_value(file));
     if (!t->path)
@@ -1256,14 +1251,15 @@ static bm_status grow_side_arrays(bm_offload *off, bm_error *err)
     return BM_OK;
 }
 
-/* After a reported problem: go on in report mode, stop otherwise. */
-#define SKIP_OR_FAIL()      \
-    do {                    \
-        if (!report)        \
-            goto done;      \
-        st = BM_OK;         \
-        continue;           \
-    } while (0)
+/* After a reported problem: go on with the next entry in report mode,
+ * stop otherwise. (No do-while wrapper: `continue` must reach the loop.) */
+#define SKIP_OR_FAIL() \
+    {                  \
+        if (!report)   \
+            goto done; \
+        st = BM_OK;    \
+        continue;      \
+    }
 
 static bm_status open_impl(const char *folder, bm_report_fn report, void *ctx, bm_offload **out,
                            int *n_problems, bm_error *err)
@@ -1559,7 +1555,7 @@ static bm_status read_cast(const bm_offload *off, const bm_offload_tensor *t, in
                            uint64_t pos, unsigned char *dst, size_t len, bm_error *err)
 {
     struct bm_offload_impl *im = off->impl;
-    bm_checkpoint *ck = im->sources[im->src[i]].ckpt;
+    bm_st_file *sf = im->sources[im->src[i]].file;
     unsigned oes = elem_size(t->dtype), ies = elem_size(t->file_dtype);
     enum { CHUNK = 1 << 16 };
     unsigned char *in = malloc((size_t)CHUNK * ies), *outb = malloc((size_t)CHUNK * oes);
@@ -1571,7 +1567,7 @@ static bm_status read_cast(const bm_offload *off, const bm_offload_tensor *t, in
     uint64_t first = pos / oes, last = (pos + len + oes - 1) / oes; /* elements */
     for (uint64_t e = first; e < last && !st; e += CHUNK) {
         size_t k = last - e < CHUNK ? (size_t)(last - e) : CHUNK;
-        st = bm_checkpoint_read(ck, im->src_ti[i], e * ies, in, k * ies, err);
+        st = bm_st_read(sf, im->src_ti[i], e * ies, in, k * ies, err);
         if (!st)
             st = bm_convert(t->dtype, outb, t->file_dtype, in, k, NULL, err);
         if (!st) {
@@ -1609,8 +1605,8 @@ bm_status bm_offload_read(const bm_offload *off, int32_t i, uint64_t pos, void *
     }
     case BM_OFFLOAD_SAFETENSORS:
         if (t->dtype == t->file_dtype)
-            return bm_checkpoint_read(off->impl->sources[off->impl->src[i]].ckpt, off->impl->src_ti[i],
-                                      pos, dst, len, err);
+            return bm_st_read(off->impl->sources[off->impl->src[i]].file, off->impl->src_ti[i], pos,
+                              dst, len, err);
         return read_cast(off, t, i, pos, dst, len, err);
     case BM_OFFLOAD_ZSTD:
         return read_zstd(t, pos, dst, len, err);
@@ -1627,7 +1623,7 @@ const void *bm_offload_map(const bm_offload *off, int32_t i, bm_error *err)
     const bm_offload_tensor *t = &off->tensors[i];
     struct bm_offload_impl *im = off->impl;
     if (t->storage == BM_OFFLOAD_SAFETENSORS && t->dtype == t->file_dtype)
-        return bm_checkpoint_data(im->sources[im->src[i]].ckpt, im->src_ti[i]);
+        return bm_st_data(im->sources[im->src[i]].file, im->src_ti[i]);
     if (t->storage != BM_OFFLOAD_DAT || t->nbytes == 0)
         return NULL;
     pthread_mutex_lock(&im->mu);
@@ -1662,7 +1658,7 @@ bm_status bm_offload_digest(const bm_offload *off, int32_t i, uint64_t *digest, 
         return BM_OK;
     }
     if (t->storage == BM_OFFLOAD_SAFETENSORS) {
-        const bm_ckpt_file *f = &off->impl->sources[off->impl->src[i]].ckpt->files[0];
+        const bm_st_file *f = off->impl->sources[off->impl->src[i]].file;
         return bm_xxh64_fd(f->fd, t->offset, t->stored_bytes, digest, t->path, err);
     }
     int fd = open(t->path, O_RDONLY | O_CLOEXEC);
