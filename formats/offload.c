@@ -650,21 +650,19 @@ bm_status bm_offload_tensor_write(bm_offload_file *f, const void *data, size_t l
 }
 
 bm_status bm_offload_tensor_copy_fd(bm_offload_file *f, int fd, uint64_t off, uint64_t len,
-                                    const void *src_map, bm_error *err)
+                                    bm_error *err)
 {
     if (len > f->nbytes - f->written)
         return bm_fail_at(err, BM_E_INTERNAL, f->w->folder, 0, f->name, -1,
                           "more bytes than the tensor holds (%llu)", (unsigned long long)f->nbytes);
-    if (!f->zstd && src_map) {
-        bm_status st = bm_copy_range(f->fd, -1, fd, off, len, f->final, "source", err);
-        if (st)
-            return st;
-        bm_xxh64_update(&f->hash, src_map, (size_t)len);
-        f->written += len;
-        return BM_OK;
+    if (!f->zstd) {
+        bm_status st = bm_copy_range(f->fd, -1, fd, off, len, f->final, "the source file", err);
+        if (!st)
+            st = bm_xxh64_update_file(&f->hash, fd, off, len, "the source file", err);
+        if (!st)
+            f->written += len;
+        return st;
     }
-    if (src_map)
-        return bm_offload_tensor_write(f, src_map, (size_t)len, err);
     enum { BUF = 4 << 20 };
     unsigned char *buf = malloc(BUF);
     if (!buf)

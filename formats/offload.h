@@ -98,11 +98,11 @@ bm_status bm_offload_tensor_begin(bm_offload_writer *w, const char *name, bm_dty
                                   bm_error *err);
 bm_status bm_offload_tensor_write(bm_offload_file *f, const void *data, size_t len,
                                   bm_error *err);
-/* Copy len bytes of file `fd` at `off` (copy_file_range for raw entries,
- * when the kernel can; read otherwise). `src_map` (may be NULL) is the same
- * bytes already mapped: they are hashed from there instead of re-read. */
+/* Copy len bytes of file `fd` at `off`: for raw entries in the kernel
+ * (copy_file_range, where it can), the bytes hashed through a transient
+ * mapping; compressed entries read them. */
 bm_status bm_offload_tensor_copy_fd(bm_offload_file *f, int fd, uint64_t off, uint64_t len,
-                                    const void *src_map, bm_error *err);
+                                    bm_error *err);
 /* Complete the tensor and record its entry; frees f (also on failure). */
 bm_status bm_offload_tensor_end(bm_offload_writer *w, bm_offload_file *f, bm_error *err);
 /* Drop a tensor being written (its entry is not recorded); frees f. */

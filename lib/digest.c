@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define P1 0x9E3779B185EBCA87ULL
@@ -139,15 +141,14 @@ uint64_t bm_xxh64(const void *data, size_t len, uint64_t seed)
     return bm_xxh64_final(&h);
 }
 
-bm_status bm_xxh64_fd(int fd, uint64_t off, uint64_t len, uint64_t *digest,
-                      const char *path, bm_error *err)
+static bm_status update_pread(bm_xxh64_state *hp, int fd, uint64_t off, uint64_t len,
+                              const char *path, bm_error *err)
 {
     enum { BLOCK = 1 << 20 };
     unsigned char *buf = malloc(BLOCK);
     if (!buf)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
-    bm_xxh64_state h;
-    bm_xxh64_init(&h, 0);
+    bm_xxh64_state h = *hp;
     uint64_t done = 0;
     while (done < len) {
         size_t want = len - done < BLOCK ? (size_t)(len - done) : BLOCK;
@@ -169,7 +170,44 @@ bm_status bm_xxh64_fd(int fd, uint64_t off, uint64_t len, uint64_t *digest,
         done += (uint64_t)r;
     }
     free(buf);
-    *digest = bm_xxh64_final(&h);
+    *hp = h;
+    return BM_OK;
+}
+
+bm_status bm_xxh64_fd(int fd, uint64_t off, uint64_t len, uint64_t *digest,
+                      const char *path, bm_error *err)
+{
+    bm_xxh64_state h;
+    bm_xxh64_init(&h, 0);
+    bm_status st = bm_xxh64_update_file(&h, fd, off, len, path, err);
+    if (!st)
+        *digest = bm_xxh64_final(&h);
+    return st;
+}
+
+bm_status bm_xxh64_update_file(bm_xxh64_state *h, int fd, uint64_t off, uint64_t len,
+                               const char *path, bm_error *err)
+{
+    const uint64_t window = (uint64_t)64 << 20;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    struct stat sb;
+    /* map only what the file holds: past its end a mapping faults */
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || off + len > (uint64_t)sb.st_size ||
+        off + len < off)
+        return update_pread(h, fd, off, len, path, err);
+    while (len) {
+        uint64_t base = off - off % page;
+        uint64_t n = len < window ? len : window;
+        size_t maplen = (size_t)(off - base + n);
+        void *m = mmap(NULL, maplen, PROT_READ, MAP_SHARED, fd, (off_t)base);
+        if (m == MAP_FAILED)
+            return update_pread(h, fd, off, len, path, err);
+        madvise(m, maplen, MADV_SEQUENTIAL);
+        bm_xxh64_update(h, (const unsigned char *)m + (off - base), (size_t)n);
+        munmap(m, maplen);
+        off += n;
+        len -= n;
+    }
     return BM_OK;
 }
 

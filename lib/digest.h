@@ -28,6 +28,12 @@ uint64_t bm_xxh64(const void *data, size_t len, uint64_t seed);
 bm_status bm_xxh64_fd(int fd, uint64_t off, uint64_t len, uint64_t *digest,
                       const char *path, bm_error *err);
 
+/* Add bytes [off, off+len) of an open file to a running hash, through
+ * short-lived read-only mappings (no copy into user memory, and nothing
+ * stays resident in this process), or pread where mapping fails. */
+bm_status bm_xxh64_update_file(bm_xxh64_state *h, int fd, uint64_t off, uint64_t len,
+                               const char *path, bm_error *err);
+
 /* "0123456789abcdef": 16 lowercase hex digits and a NUL (17 bytes). */
 void bm_digest_format(uint64_t digest, char out[17]);
 /* Parse exactly 16 hex digits; false otherwise. */
