@@ -185,6 +185,8 @@ int cmd_offload(int argc, char **argv)
     rc = CLI_EXIT_OK;
     goto cleanup;
 fail:
+    if (od_open)
+        bm_outdir_fix_message(&od, &err);
     rc = cli_fail("offload", &err);
     if (w)
         bm_offload_writer_abort(w);

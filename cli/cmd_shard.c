@@ -241,6 +241,10 @@ int cmd_shard(int argc, char **argv)
     rc = CLI_EXIT_OK;
     goto cleanup;
 fail:
+    if (od_open)
+        bm_outdir_fix_message(&od, &err);
+    if (oo_open)
+        bm_outdir_fix_message(&oo, &err);
     rc = cli_fail("shard", &err);
     if (ow)
         bm_offload_writer_abort(ow);

@@ -210,6 +210,26 @@ void bm_outdir_abort(bm_outdir *od)
     outdir_free(od);
 }
 
+void bm_outdir_fix_message(const bm_outdir *od, bm_error *err)
+{
+    if (!err || !od->tmp || !od->path)
+        return;
+    size_t tl = strlen(od->tmp), pl = strlen(od->path);
+    char out[BM_ERROR_MSG];
+    size_t o = 0;
+    for (const char *m = err->msg; *m && o + 1 < sizeof out;) {
+        if (strncmp(m, od->tmp, tl) == 0 && o + pl + 1 < sizeof out) {
+            memcpy(out + o, od->path, pl);
+            o += pl;
+            m += tl;
+        } else {
+            out[o++] = *m++;
+        }
+    }
+    out[o] = 0;
+    memcpy(err->msg, out, o + 1);
+}
+
 bm_status bm_outdir_commit(bm_outdir *od, bm_error *err)
 {
     bm_status st = bm_fsync_dir(od->tmp, err);
@@ -276,17 +296,17 @@ bm_status bm_write_all(int fd, const void *buf, size_t len, int64_t off, const c
     return BM_OK;
 }
 
-static _Thread_local bool last_kernel;
+static uint64_t stat_kernel, stat_user;
 
-bool bm_copy_last_was_kernel(void)
+void bm_copy_stats(uint64_t *kernel_bytes, uint64_t *user_bytes)
 {
-    return last_kernel;
+    *kernel_bytes = __atomic_load_n(&stat_kernel, __ATOMIC_RELAXED);
+    *user_bytes = __atomic_load_n(&stat_user, __ATOMIC_RELAXED);
 }
 
 bm_status bm_copy_range(int out_fd, int64_t out_off, int in_fd, uint64_t in_off, uint64_t len,
                         const char *out_path, const char *in_path, bm_error *err)
 {
-    last_kernel = true;
     loff_t ioff = (loff_t)in_off, ooff = (loff_t)out_off;
     bool kernel = true;
     while (len && kernel) {
@@ -305,10 +325,10 @@ bm_status bm_copy_range(int out_fd, int64_t out_off, int in_fd, uint64_t in_off,
             return bm_fail(err, BM_E_FORMAT, "%s: file ends at byte %lld, before the data it should hold",
                            in_path, (long long)ioff);
         len -= (uint64_t)n;
+        __atomic_add_fetch(&stat_kernel, (uint64_t)n, __ATOMIC_RELAXED);
     }
     if (!len)
         return BM_OK;
-    last_kernel = false;
     enum { BUF = 4 << 20 };
     char *buf = malloc(BUF);
     if (!buf)
@@ -333,6 +353,7 @@ bm_status bm_copy_range(int out_fd, int64_t out_off, int in_fd, uint64_t in_off,
         if (out_off >= 0)
             ooff += n;
         len -= (uint64_t)n;
+        __atomic_add_fetch(&stat_user, (uint64_t)n, __ATOMIC_RELAXED);
     }
     free(buf);
     return st;

@@ -34,6 +34,9 @@ bm_status bm_outdir_lock(bm_outdir *od, const char *path, bm_error *err);
 bm_status bm_outdir_commit(bm_outdir *od, bm_error *err);
 /* Remove the temporary folder (if any) and release the lock. */
 void bm_outdir_abort(bm_outdir *od);
+/* Rewrite mentions of the temporary folder in err's message as the final
+ * path, so that messages name what the user asked for. */
+void bm_outdir_fix_message(const bm_outdir *od, bm_error *err);
 
 /* Remove a file tree (no symlink is followed). */
 bm_status bm_remove_tree(const char *path, bm_error *err);
@@ -48,8 +51,9 @@ bm_status bm_write_all(int fd, const void *buf, size_t len, int64_t off, const c
 bm_status bm_copy_range(int out_fd, int64_t out_off, int in_fd, uint64_t in_off, uint64_t len,
                         const char *out_path, const char *in_path, bm_error *err);
 
-/* The copy method used by the last bm_copy_range call of this thread:
- * true when copy_file_range did all of it (for tests and benchmarks). */
-bool bm_copy_last_was_kernel(void);
+/* Bytes bm_copy_range has copied in this process so far: in the kernel
+ * (copy_file_range) and through user memory (fallback). For tests and
+ * benchmarks. */
+void bm_copy_stats(uint64_t *kernel_bytes, uint64_t *user_bytes);
 
 #endif
