@@ -10,6 +10,7 @@
 /* One line per subcommand; `bmplan --help` lists them in this order. */
 const cli_command cli_commands[] = {
     {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
+    {"graph", cmd_graph, "write a model graph file from a config.json or a checkpoint"},
     {"shard", cmd_shard, "re-shard a checkpoint into a model folder, converting dtypes"},
     {"offload", cmd_offload, "write accelerate's disk-offload folder from a checkpoint"},
     {"verify", cmd_verify, "check a model folder or offload folder against its digests"},
