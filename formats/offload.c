@@ -606,16 +606,42 @@ static bm_status zfeed(bm_offload_file *f, const void *src, size_t n, ZSTD_EndDi
     }
 }
 
+/* m elements of es bytes: byte k of element i goes to dst[k * m + i]
+ * (grouped) or comes back from there (ungrouped). The common sizes get
+ * loops the compiler vectorizes. */
+static void group_planes(unsigned char *dst, const unsigned char *src, size_t m, size_t es)
+{
+    if (es == 2) {
+        for (size_t i = 0; i < m; i++) {
+            dst[i] = src[2 * i];
+            dst[m + i] = src[2 * i + 1];
+        }
+        return;
+    }
+    for (size_t k = 0; k < es; k++)
+        for (size_t i = 0; i < m; i++)
+            dst[k * m + i] = src[i * es + k];
+}
+
+static void ungroup_planes(unsigned char *dst, const unsigned char *src, size_t m, size_t es)
+{
+    if (es == 2) {
+        for (size_t i = 0; i < m; i++) {
+            dst[2 * i] = src[i];
+            dst[2 * i + 1] = src[m + i];
+        }
+        return;
+    }
+    for (size_t k = 0; k < es; k++)
+        for (size_t i = 0; i < m; i++)
+            dst[i * es + k] = src[k * m + i];
+}
+
 /* Group the buffered block by byte plane and compress it. */
 static bm_status flush_block(bm_offload_file *f, bm_error *err)
 {
     size_t es = (size_t)f->planes, m = f->blk_fill / es;
-    for (size_t k = 0; k < es; k++) {
-        unsigned char *dst = f->pl + k * m;
-        const unsigned char *src = f->blk + k;
-        for (size_t i = 0; i < m; i++)
-            dst[i] = src[i * es];
-    }
+    group_planes(f->pl, f->blk, m, es);
     bm_status st = zfeed(f, f->pl, f->blk_fill, ZSTD_e_continue, err);
     f->blk_fill = 0;
     return st;
@@ -1526,10 +1552,7 @@ static bm_status read_zstd(const bm_offload_tensor *t, uint64_t pos, unsigned ch
         }
         const unsigned char *out = raw;
         if (t->planes > 1) {
-            size_t es = (size_t)t->planes, m = want / es;
-            for (size_t k = 0; k < es; k++)
-                for (size_t i = 0; i < m; i++)
-                    plain[i * es + k] = raw[k * m + i];
+            ungroup_planes(plain, raw, want / (size_t)t->planes, (size_t)t->planes);
             out = plain;
         }
         uint64_t b0 = produced, b1 = produced + want;

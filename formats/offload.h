@@ -71,8 +71,10 @@ typedef struct bm_offload_write_opts {
     bool merge;
     /* 0: accelerate's .dat files; 1..22: zstd at that level (bmplan only) */
     int zstd_level;
-    /* group bytes by plane before compressing (see above); measured to
-     * help on weights: bf16 N(0, 0.02) 0.78 -> 0.68 of the raw size */
+    /* group bytes by plane before compressing (see above); measured on
+     * N(0, 0.02) weights at level 1 (bench/bench_zstd_planes.c): bfloat16
+     * 0.78 -> 0.68 of the raw size, float16 0.92 -> 0.84, float32
+     * 0.88 -> 0.74, and faster to decompress */
     bool byte_planes;
 } bm_offload_write_opts;
 
