@@ -224,7 +224,7 @@ struct bm_offload_file {
     int ndim;
     int64_t shape[BM_MAX_DIMS];
     uint64_t nbytes, written;
-    bool zstd, created_slot;
+    bool zstd, created_slot, created_digest;
     unsigned esize;
     int fd;
     char *tmp, *final;
@@ -457,6 +457,8 @@ static void release_slot(bm_offload_writer *w, bm_offload_file *f)
         if (json_is_null(json_object_get(store, f->name)))
             json_object_del(store, f->name);
     }
+    if (f->created_digest && json_is_null(json_object_get(w->digests, f->name)))
+        json_object_del(w->digests, f->name);
     json_object_del(w->names, f->name);
     w->open_files--;
 }
@@ -525,6 +527,11 @@ bm_status bm_offload_tensor_begin(bm_offload_writer *w, const char *name, bm_dty
         if (!json_object_get(store, name)) {
             json_object_set_new(store, name, json_null());
             f->created_slot = true;
+        }
+        /* digests too keep the begin order, whatever order tensors end in */
+        if (nbytes && !json_object_get(w->digests, name)) {
+            json_object_set_new(w->digests, name, json_null());
+            f->created_digest = true;
         }
         w->open_files++;
     }

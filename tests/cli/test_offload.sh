@@ -20,6 +20,11 @@ if grep -q '"model.empty"' "$T/all/bmplan.json" && ! grep -q '"model.empty"' "$T
 expect_rc 0 "verify it" -- "$BMPLAN" verify "$T/all"
 expect_out_contains "11 tensors, 10 digests verified"
 
+expect_rc 0 "--jobs 3" -- "$BMPLAN" offload "$F/tiny" -o "$T/all3" --jobs 3 -q
+same_tree "$T/all3" "$T/all" "--jobs 3 writes the same bytes as --jobs 1 (bmplan.json included)"
+expect_rc 0 "zstd with --jobs 1 and 3" -- sh -c "'$BMPLAN' offload '$F/tiny' -o '$T/zj1' --compress zstd -q && '$BMPLAN' offload '$F/tiny' -o '$T/zj3' --compress zstd -q -j 3"
+same_tree "$T/zj3" "$T/zj1" "compressed: same bytes for any --jobs"
+
 expect_rc 0 "offload as bfloat16" -- "$BMPLAN" offload "$F/tiny" -o "$T/bf" --dtype bfloat16 -q
 same_tree "$T/bf" "$E/offload-bf16" "bfloat16 .dat files (raw 16-bit patterns) and \"bfloat16\" entries" -x bmplan.json
 

@@ -34,6 +34,10 @@ expect_rc 0 "device map with an offload folder" -- "$BMPLAN" shard "$F/tiny" -o 
 same_tree "$T/d" "$E/shard-devmap" "shards hold the tensors not mapped to disk"
 same_tree "$T/doff" "$E/shard-devmap-offload" "disk-mapped tensors in accelerate's offload format" -x bmplan.json
 expect_err_contains "3 tensors offloaded"
+expect_rc 0 "the same with --jobs 3" -- "$BMPLAN" shard "$F/tiny" -o "$T/d3" --max-shard-size 600 \
+    --device-map "$F/devmap.json" --offload-folder "$T/doff3" --jobs 3 -q
+same_tree "$T/d3" "$T/d" "shards: same bytes for any --jobs"
+same_tree "$T/doff3" "$T/doff" "offload folder: same bytes for any --jobs (bmplan.json included)"
 
 expect_rc 0 "MODEL given as a file" -- "$BMPLAN" shard "$F/tiny/model.safetensors" -o "$T/file" --max-shard-size 1GiB -q
 if [ "$(ls "$T/file")" = "model.safetensors" ]; then ok "from a file: no other files copied"; else notok "from a file: $(ls "$T/file")"; fi
