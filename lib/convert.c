@@ -9,6 +9,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CONVERT_X86 1
 #else
@@ -237,8 +238,11 @@ static int simd_state = -1;
 static bool cpu_has_simd(void)
 {
 #if CONVERT_X86
+    /* AVX2 from the builtin (which also checks the OS saves YMM state);
+     * F16C from CPUID directly: clang's builtin does not know it */
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d;
+    return __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 #else
     return false;
 #endif
