@@ -833,10 +833,9 @@ bm_status bm_offload_write_tensor(bm_offload_writer *w, const char *name, bm_dty
 }
 
 bm_status bm_offload_add_reference(bm_offload_writer *w, const char *name, const char *st_path,
-                                   const char *weight_name, bm_dtype dtype, int ndim,
-                                   const int64_t *shape, uint64_t digest, bm_error *err)
+                                   const char *weight_name, bm_dtype dtype, uint64_t digest,
+                                   bm_error *err)
 {
-    (void)ndim, (void)shape;
     if (!bm_offload_name_ok(name, err))
         return BM_E_INVALID;
     if (!st_path || st_path[0] != '/')

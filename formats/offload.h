@@ -115,13 +115,15 @@ bm_status bm_offload_write_tensor(bm_offload_writer *w, const char *name, bm_dty
                                   int ndim, const int64_t *shape, const void *data,
                                   bm_error *err);
 
-/* An index entry read in place from a safetensors file: `st_path` must be
- * absolute; `dtype` is the tensor's dtype there (recorded as its torch
- * name, so loading casts nothing); `digest` is XXH64 of the tensor's bytes
- * in the file. */
+/* An index entry read in place from a safetensors file, as transformers
+ * builds them: {"safetensors_file": st_path, "weight_name": weight_name,
+ * "dtype": torch name of `dtype`}. st_path must be absolute (the folder
+ * then loads from any working folder); `dtype` is the dtype to load as
+ * (the file's own, or another float dtype for a cast at load time);
+ * `digest` is XXH64 of the tensor's bytes in the file. */
 bm_status bm_offload_add_reference(bm_offload_writer *w, const char *name, const char *st_path,
-                                   const char *weight_name, bm_dtype dtype, int ndim,
-                                   const int64_t *shape, uint64_t digest, bm_error *err);
+                                   const char *weight_name, bm_dtype dtype, uint64_t digest,
+                                   bm_error *err);
 
 /* Rename the data files into place, write bmplan.json then index.json
  * (each atomically), remove files of replaced entries, free w. On failure

@@ -574,7 +574,7 @@ static bm_status add_references(const bm_checkpoint *ck, bm_offload_writer *w,
         st = bm_xxh64_fd(f->fd, t->offset, t->nbytes, &d, f->path, err);
         if (!st)
             st = bm_offload_add_reference(w, o->offload_names ? o->offload_names[i] : t->name,
-                                          abs[t->file], t->name, target[i], t->ndim, t->shape, d, err);
+                                          abs[t->file], t->name, target[i], d, err);
         if (!st)
             (*n_written)++;
         if (o->progress)

@@ -46,6 +46,11 @@ sed "s|@SRC@|$SRC|" "$E/by-reference.index.json" >"$T/want-ref.json"
 if cmp -s "$T/want-ref.json" "$T/ref/index.json"; then ok "entries point into the safetensors file (absolute path)"; else notok "by-reference index differs"; fi
 if [ "$(ls "$T/ref")" = "$(printf 'bmplan.json\nindex.json')" ]; then ok "nothing copied"; else notok "by-reference copied: $(ls "$T/ref")"; fi
 expect_rc 0 "it verifies from another folder" -- sh -c "cd / && '$BMPLAN' verify '$T/ref'"
+expect_rc 0 "--by-reference with --dtype" -- "$BMPLAN" offload "$F/tiny" -o "$T/refbf" --by-reference --dtype bfloat16 -q
+sed "s|@SRC@|$SRC|; s|\"dtype\": \"float32\"|\"dtype\": \"bfloat16\"|" "$E/by-reference.index.json" >"$T/want-refbf.json"
+if cmp -s "$T/want-refbf.json" "$T/refbf/index.json"; then
+    ok "entries ask for the cast at load time (ints and bools keep their dtype)"; else notok "by-reference --dtype index differs"; fi
+expect_rc 0 "and it verifies" -- "$BMPLAN" verify "$T/refbf"
 expect_rc 2 "--by-reference cannot compress" -- "$BMPLAN" offload "$F/tiny" -o "$T/x" --by-reference --compress zstd
 
 expect_rc 0 "--compress zstd" -- "$BMPLAN" offload "$F/tiny" -o "$T/z" --compress zstd:5
