@@ -26,13 +26,19 @@ bytes=$(stat -c %s "$W/f32/model.safetensors")
 # start from a clean, warm cache
 sync -f "$W"
 cat "$W/f32/model.safetensors" >/dev/null
-t0=$(now); cp "$W/f32/model.safetensors" "$W/cp.safetensors"; sync "$W/cp.safetensors"; t1=$(now)
-rm -f "$W/cp.safetensors"; sync -f "$W"
-t2=$(now); "$BM" shard "$W/f32" -o "$W/same" --max-shard-size 1GB -q; t3=$(now)
-rm -rf "$W/same"; sync -f "$W"
-echo "same-dtype re-shard of $GB GiB: bmplan $(rate "$bytes" "$t2" "$t3") GB/s, cp $(rate "$bytes" "$t0" "$t1") GB/s," \
-     "time ratio bmplan/cp $(echo "$t0 $t1 $t2 $t3" | awk '{ printf "%.2f", ($4 - $3) / ($2 - $1) }')" \
-     "(both fsync their output; bmplan also hashes every byte)"
+# best of two alternating runs each
+best_cp=999999 best_bm=999999
+for round in 1 2; do
+    t0=$(now); cp "$W/f32/model.safetensors" "$W/cp.safetensors"; sync "$W/cp.safetensors"; t1=$(now)
+    rm -f "$W/cp.safetensors"; sync -f "$W"
+    t2=$(now); "$BM" shard "$W/f32" -o "$W/same" --max-shard-size 1GB -q; t3=$(now)
+    rm -rf "$W/same"; sync -f "$W"
+    best_cp=$(echo "$t0 $t1 $best_cp" | awk '{ d = $2 - $1; print (d < $3 ? d : $3) }')
+    best_bm=$(echo "$t2 $t3 $best_bm" | awk '{ d = $2 - $1; print (d < $3 ? d : $3) }')
+done
+echo "same-dtype re-shard of $GB GiB: bmplan $(rate "$bytes" 0 "$best_bm") GB/s, cp $(rate "$bytes" 0 "$best_cp") GB/s," \
+     "time ratio bmplan/cp $(echo "$best_bm $best_cp" | awk '{ printf "%.2f", $1 / $2 }')" \
+     "(best of 2 each; both fsync their output; bmplan also hashes every byte)"
 for j in 1 2; do
     t0=$(now); "$BM" shard "$W/f32" -o "$W/bf16" --dtype bfloat16 --max-shard-size 256MB --jobs $j -q; t1=$(now)
     echo "float32 -> bfloat16 re-shard, --jobs $j: $(rate "$bytes" "$t0" "$t1") GB/s of float32 input (disk writes and fsync included)"
