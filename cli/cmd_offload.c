@@ -127,13 +127,11 @@ int cmd_offload(int argc, char **argv)
         goto fail;
     }
     if (devmap) {
-        if (bm_devmap_select_file(mdl, ck, devmap, "disk", select, names, &n_sel, &err))
+        if (bm_devmap_select_file(mdl, ck, devmap, BM_DEV_DISK, select, names, &n_sel, &err))
             goto fail;
     } else {
         /* every tensor, named as the model names it */
-        static const char *const whole_key[] = {""}, *const whole_dev[] = {"disk"};
-        if (bm_devmap_select(mdl, ck, whole_key, whole_dev, 1, model, "disk", select, names, &n_sel,
-                             &err))
+        if (bm_devmap_select(mdl, ck, NULL, model, BM_DEV_DISK, select, names, &n_sel, &err))
             goto fail;
     }
     for (int32_t i = 0; i < ck->n_tensors; i++) {

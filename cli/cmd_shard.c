@@ -176,7 +176,7 @@ int cmd_shard(int argc, char **argv)
             bm_fail(&err, BM_E_NOMEM, "out of memory");
             goto fail;
         }
-        if (bm_devmap_select_file(mdl, ck, devmap, "disk", select, names, &n_disk, &err))
+        if (bm_devmap_select_file(mdl, ck, devmap, BM_DEV_DISK, select, names, &n_disk, &err))
             goto fail;
     }
     if (bm_outdir_begin(&od, out, force, &err))

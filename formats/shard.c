@@ -624,26 +624,17 @@ done:
  * Device maps
  * ------------------------------------------------------------------------ */
 
-bm_status bm_devmap_select(const bm_model *model, const bm_checkpoint *ck, const char *const *keys,
-                           const char *const *devices, int32_t n, const char *source,
-                           const char *device, bool *select, const char **names,
-                           int32_t *n_selected, bm_error *err)
+bm_status bm_devmap_select(const bm_model *model, const bm_checkpoint *ck, const bm_devmap *map,
+                           const char *source, bm_device_kind kind, bool *select,
+                           const char **names, int32_t *n_selected, bm_error *err)
 {
     *n_selected = 0;
-    bm_status st = BM_OK;
-    /* key -> does its device equal `device` */
-    bm_strtab tab = {0};
-    for (int32_t k = 0; k < n; k++)
-        if (bm_strtab_put(&tab, keys[k], strlen(keys[k]), strcmp(devices[k], device) == 0) < 0) {
-            bm_strtab_free(&tab);
-            return bm_fail(err, BM_E_NOMEM, "out of memory");
-        }
     const bm_tree *t = model->tree;
     for (int32_t i = 0; i < ck->n_tensors; i++) {
         select[i] = false;
         names[i] = NULL;
     }
-    for (int32_t ti = 0; !st && ti < t->n_tensors; ti++) {
+    for (int32_t ti = 0; ti < t->n_tensors; ti++) {
         int32_t mc = bm_model_ckpt_tensor(model, ti);
         if (mc < 0)
             continue;
@@ -651,83 +642,31 @@ bm_status bm_devmap_select(const bm_model *model, const bm_checkpoint *ck, const
         if (ci < 0 || names[ci])
             continue; /* a tied alias: the first name owns the data */
         const char *name = t->tensors[ti].name;
-        size_t len = strlen(name);
-        int32_t dev;
-        for (;;) {
-            dev = bm_strtab_get(&tab, name, len);
-            if (dev >= 0 || len == 0)
-                break;
-            while (len > 0 && name[len - 1] != '.')
-                len--;
-            if (len > 0)
-                len--; /* the dot */
-        }
-        if (dev < 0) {
-            st = bm_fail(err, BM_E_INVALID, "%s: %s doesn't have any device set.", source, name);
-            break;
-        }
+        int32_t e = map ? bm_devmap_lookup(map, name) : BM_NONE;
+        if (map && e == BM_NONE)
+            return bm_fail(err, BM_E_INVALID, "%s: %s doesn't have any device set.", source, name);
+        bool hit = !map || map->e[e].dev.kind == kind;
         names[ci] = name;
-        select[ci] = dev == 1;
-        *n_selected += dev == 1;
+        select[ci] = hit;
+        *n_selected += hit;
     }
-    for (int32_t i = 0; !st && i < ck->n_tensors; i++)
+    for (int32_t i = 0; i < ck->n_tensors; i++)
         if (!names[i])
             names[i] = ck->tensors[i].name;
-    bm_strtab_free(&tab);
-    return st;
+    return BM_OK;
 }
 
 bm_status bm_devmap_select_file(const bm_model *model, const bm_checkpoint *ck, const char *path,
-                                const char *device, bool *select, const char **names,
+                                bm_device_kind kind, bool *select, const char **names,
                                 int32_t *n_selected, bm_error *err)
 {
     *n_selected = 0;
-    char *text = NULL;
-    size_t len = 0;
-    bm_status st = bm_read_file(path, 64u << 20, &text, &len, err);
+    bm_devmap *map = NULL;
+    bm_status st = bm_devmap_load(path, &map, err);
     if (st)
         return st;
-    json_error_t je;
-    json_t *map = json_loadb(text, len, 0, &je);
-    free(text);
-    if (!map)
-        return bm_fail_at(err, BM_E_FORMAT, path, je.line, NULL, -1, "invalid JSON: %s", je.text);
-    if (!json_is_object(map)) {
-        json_decref(map);
-        return bm_fail(err, BM_E_FORMAT, "%s: a device map is a JSON object", path);
-    }
-    size_t n = json_object_size(map);
-    const char **keys = calloc(n + 1, sizeof *keys), **devs = calloc(n + 1, sizeof *devs);
-    char (*nums)[24] = calloc(n + 1, sizeof *nums);
-    if (!keys || !devs || !nums) {
-        st = bm_fail(err, BM_E_NOMEM, "out of memory");
-        goto done;
-    }
-    const char *key;
-    json_t *v;
-    size_t k = 0;
-    json_object_foreach(map, key, v)
-    {
-        keys[k] = key;
-        if (json_is_integer(v) && json_integer_value(v) >= 0) {
-            snprintf(nums[k], sizeof nums[k], "%lld", (long long)json_integer_value(v));
-            devs[k] = nums[k];
-        } else if (json_is_string(v) && json_string_value(v)[0]) {
-            devs[k] = json_string_value(v);
-        } else {
-            st = bm_fail(err, BM_E_FORMAT,
-                         "%s: '%.200s': a device is a GPU index, \"cpu\" or \"disk\"", path, key);
-            goto done;
-        }
-        k++;
-    }
-    st = bm_devmap_select(model, ck, keys, devs, (int32_t)n, path, device, select, names, n_selected,
-                          err);
-done:
-    free(keys);
-    free(devs);
-    free(nums);
-    json_decref(map);
+    st = bm_devmap_select(model, ck, map, path, kind, select, names, n_selected, err);
+    bm_devmap_free(map);
     return st;
 }
 

@@ -105,14 +105,13 @@ bm_status bm_offload_checkpoint(const bm_checkpoint *ck, bm_offload_writer *w,
  * "disk" or device strings.
  */
 bm_status bm_devmap_select_file(const bm_model *model, const bm_checkpoint *ck, const char *path,
-                                const char *device, bool *select, const char **names,
+                                bm_device_kind kind, bool *select, const char **names,
                                 int32_t *n_selected, bm_error *err);
-/* The same for a map given as n (key, device) pairs; `source` names it in
- * messages. */
-bm_status bm_devmap_select(const bm_model *model, const bm_checkpoint *ck, const char *const *keys,
-                           const char *const *devices, int32_t n, const char *source,
-                           const char *device, bool *select, const char **names,
-                           int32_t *n_selected, bm_error *err);
+/* The same for a loaded map (planner/planner.h); map NULL selects every
+ * tensor. `source` names the map in messages. */
+bm_status bm_devmap_select(const bm_model *model, const bm_checkpoint *ck, const bm_devmap *map,
+                           const char *source, bm_device_kind kind, bool *select,
+                           const char **names, int32_t *n_selected, bm_error *err);
 
 /*
  * Copy the other files of a model folder (config.json, tokenizer files,
