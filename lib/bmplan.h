@@ -345,6 +345,7 @@ char *bm_path_join(const char *dir, const char *name);
 
 /* The other modules' public headers (one line each). */
 #include "checkpoint.h"
+#include "estimate.h"
 #include "graph.h"
 #include "hfconfig.h"
 #include "model.h"
