@@ -197,6 +197,91 @@ START_TEST(test_accel_table_long_title)
 }
 END_TEST
 
+/* ---- the 16 reference graphs against reference_sizes.json -------------- */
+
+START_TEST(test_reference_graphs_exact)
+{
+    json_error_t je;
+    json_t *ref = json_load_file(FIX "estimate/reference_sizes.json", 0, &je);
+    ck_assert_msg(ref != NULL, "%s", je.text);
+    ck_assert_uint_eq(json_object_size(ref), 16);
+    const char *model;
+    json_t *want;
+    json_object_foreach(ref, model, want) {
+        char path[256];
+        snprintf(path, sizeof path, FIX "golden/graphs/%s.yaml", model);
+        bm_tree *t = NULL;
+        bm_error err = {0};
+        ck_assert_msg(bm_graph_load(path, &t, &err) == BM_OK, "%s", err.msg);
+        ck_assert_uint_eq(bm_tree_param_count(t),
+                          (uint64_t)json_integer_value(json_object_get(want, "params")));
+        const char *dname;
+        json_t *d;
+        json_object_foreach(json_object_get(want, "dtypes"), dname, d) {
+            bm_weights w;
+            ck_assert_int_eq(bm_estimate_weights(t, bm_dtype_parse(dname), BM_COMPAT_BMPLAN, &w,
+                                                 &err), BM_OK);
+            ck_assert_msg(w.total_bits == (uint64_t)json_integer_value(json_object_get(d, "total_bits")),
+                          "%s %s total", model, dname);
+            ck_assert_msg(w.largest_bits ==
+                              (uint64_t)json_integer_value(json_object_get(d, "largest_bits")),
+                          "%s %s largest", model, dname);
+            ck_assert_str_eq(w.largest_name, json_string_value(json_object_get(d, "largest_name")));
+            ck_assert_int_eq(w.n_largest, json_integer_value(json_object_get(d, "n_largest")));
+            ck_assert_uint_eq(w.total_bits, w.param_bits + w.buffer_bits);
+        }
+        bm_accel_sizes as;
+        json_t *acc = json_object_get(want, "accelerate");
+        ck_assert_int_eq(bm_accel_sizes_compute(t, &as, &err), BM_OK);
+        ck_assert_uint_eq(as.total_bits, (uint64_t)json_integer_value(json_object_get(acc, "total_bits")));
+        ck_assert_uint_eq(as.largest_bits,
+                          (uint64_t)json_integer_value(json_object_get(acc, "largest_bits")));
+        ck_assert_str_eq(as.largest_name, json_string_value(json_object_get(acc, "largest_name")));
+        /* buffers: fp32 weights = 4 bytes x parameters + every buffer */
+        bm_weights w32;
+        ck_assert_int_eq(bm_estimate_weights(t, BM_F32, BM_COMPAT_BMPLAN, &w32, &err), BM_OK);
+        ck_assert_uint_eq(w32.param_bits, bm_tree_param_count(t) * 32);
+        ck_assert_uint_eq(w32.buffer_bits,
+                          (uint64_t)json_integer_value(json_object_get(want, "buffer_bits")));
+        /* the KV layers found in the tree are the configuration's */
+        bm_model_dims dims;
+        ck_assert_msg(bm_model_dims_for_tree(t, &dims, &err) == BM_OK, "%s: %s", model, err.msg);
+        int32_t *mods, n;
+        ck_assert_int_eq(bm_kv_layer_modules(t, &dims, &mods, &n, &err), BM_OK);
+        ck_assert_int_eq(n, dims.has_cache ? dims.layers : 0);
+        free(mods);
+        bm_tree_free(t);
+    }
+    json_decref(ref);
+}
+END_TEST
+
+START_TEST(test_llama_70b_by_hand)
+{
+    /* Llama-2-70B's float32 bytes from its shapes: 68,976,648,192 x 4 for the
+     * parameters, a 4096 x 4096 bool mask (2 MiB) and, in each of the 80
+     * layers, inv_freq (64 floats) and the cos/sin caches (2 x 4096 x 128
+     * floats) */
+    bm_tree *t = NULL;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_graph_load(FIX "golden/graphs/llama-2-70b.yaml", &t, &err), BM_OK);
+    bm_weights w;
+    ck_assert_int_eq(bm_estimate_weights(t, BM_DTYPE_INVALID, BM_COMPAT_BMPLAN, &w, &err), BM_OK);
+    uint64_t buffers = 2 * MIB + 80 * (64 * 4 + 2 * 4096 * 128 * 4);
+    ck_assert_uint_eq(w.total_bits, (68976648192ull * 4 + buffers) * 8);
+    ck_assert_uint_eq(w.total_bits / 8, 276244254720ull);
+    /* bfloat16 halves every floating tensor; the bool mask stays 1 bit */
+    ck_assert_int_eq(bm_estimate_weights(t, BM_BF16, BM_COMPAT_BMPLAN, &w, &err), BM_OK);
+    ck_assert_uint_eq(w.total_bits / 8, 68976648192ull * 2 + 2 * MIB + 80 * (64 + 4096 * 128 * 2) * 2);
+    /* a decoder layer: 4 attention + 3 MLP matrices + 2 norms, bf16 */
+    uint64_t layer = (2ull * 8192 * 8192 + 2ull * 1024 * 8192 + 3ull * 28672 * 8192 + 2 * 8192) * 2 +
+                     (64 + 2 * 4096 * 128) * 2;
+    ck_assert_uint_eq(w.largest_bits, layer * 8);
+    ck_assert_int_eq(w.n_largest, 80);
+    bm_tree_free(t);
+}
+END_TEST
+
 /* ---- largest layer semantics ------------------------------------------ */
 
 START_TEST(test_largest_layer_rules)
@@ -522,6 +607,8 @@ int main(void)
     tcase_add_test(tc, test_convert_bytes);
     tcase_add_test(tc, test_bert_base_cased_like_accelerate);
     tcase_add_test(tc, test_accel_table_long_title);
+    tcase_add_test(tc, test_reference_graphs_exact);
+    tcase_add_test(tc, test_llama_70b_by_hand);
     tcase_add_test(tc, test_largest_layer_rules);
     tcase_add_test(tc, test_largest_layer_ties_and_root_buffer);
     tcase_add_test(tc, test_kv_llama_2_70b_gqa);
