@@ -10,6 +10,7 @@
 /* One line per subcommand; `bmplan --help` lists them in this order. */
 const cli_command cli_commands[] = {
     {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
+    {"graph", cmd_graph, "write a model graph file from a config.json or a checkpoint"},
     {"estimate", cmd_estimate, "memory for weights, KV cache and workspace"},
     {NULL, NULL, NULL},
 };

@@ -2,9 +2,8 @@
  * test_hfconfig.c - config.json -> module tree, against trees built
  * independently of this code:
  *   - the 16 published configs of the golden corpus against their reference
- *     graphs (tests/fixtures/golden/graphs, expanded into flat listings by
- *     tests/fixtures/hfconfig/flatten_graph.py) and the published parameter
- *     counts of the corpus README;
+ *     graphs (tests/fixtures/golden/graphs, read with bm_graph_load) and the
+ *     published parameter counts of the corpus README;
  *   - further configs (tests/fixtures/hfconfig/configs) against the trees
  *     transformers 4.38.2 builds from them (reference_trees.py), with and
  *     without the LM head;
@@ -24,6 +23,7 @@
 
 #define FIX "tests/fixtures/hfconfig/"
 #define GOLDEN "tests/fixtures/golden/configs/"
+#define GRAPHS "tests/fixtures/golden/graphs/"
 
 /* ------------------------------------------------------------------------
  * Comparing a tree with a flat listing
@@ -176,6 +176,90 @@ static bool same_as_listing(const bm_tree *t, const json_t *l)
     return true;
 }
 
+/* Is `t` the tree of the graph file `g`: same modules in the same order
+ * with the same classes, same tensors (shape, dtype, buffer, persistent),
+ * same tied groups as sets, same no_split list, arch and every
+ * hyper-parameter the graph lists? */
+static bool same_as_graph(const bm_tree *t, const bm_tree *g)
+{
+    for (int32_t i = 0; i < t->n_modules && i < g->n_modules; i++) {
+        if (strcmp(t->modules[i].name, g->modules[i].name))
+            return fail_diff("module %d is '%s', expected '%s'", i,
+                             t->modules[i].name, g->modules[i].name);
+        if (strcmp(t->modules[i].cls, g->modules[i].cls))
+            return fail_diff("module '%s' has class %s, expected %s",
+                             g->modules[i].name, t->modules[i].cls,
+                             g->modules[i].cls);
+    }
+    if (t->n_modules != g->n_modules)
+        return fail_diff("%d modules, expected %d", t->n_modules, g->n_modules);
+    for (int32_t i = 0; i < t->n_tensors && i < g->n_tensors; i++) {
+        const bm_tensor *x = &t->tensors[i], *y = &g->tensors[i];
+        if (strcmp(x->name, y->name))
+            return fail_diff("tensor %d is '%s', expected '%s'", i, x->name, y->name);
+        bool same = x->ndim == y->ndim;
+        for (int d = 0; same && d < x->ndim; d++)
+            same = x->shape[d] == y->shape[d];
+        if (!same) {
+            char got[128], want[128];
+            shape_str(got, sizeof got, x->ndim, x->shape);
+            shape_str(want, sizeof want, y->ndim, y->shape);
+            return fail_diff("tensor '%s' has shape %s, expected %s", x->name,
+                             got, want);
+        }
+        if (x->dtype != y->dtype)
+            return fail_diff("tensor '%s' is %s, expected %s", x->name,
+                             bm_dtype_name(x->dtype), bm_dtype_name(y->dtype));
+        if (x->is_buffer != y->is_buffer || x->persistent != y->persistent)
+            return fail_diff("tensor '%s': buffer %d persistent %d, expected "
+                             "%d %d", x->name, x->is_buffer, x->persistent,
+                             y->is_buffer, y->persistent);
+    }
+    if (t->n_tensors != g->n_tensors)
+        return fail_diff("%d tensors, expected %d", t->n_tensors, g->n_tensors);
+    if (t->n_ties != g->n_ties)
+        return fail_diff("%d tied groups, expected %d", t->n_ties, g->n_ties);
+    for (int32_t k = 0; k < g->n_ties; k++) {
+        const bm_tie *gt = &g->ties[k];
+        int32_t first = gt->tensors[0]; /* same index in both trees */
+        int32_t grp = t->tensors[first].tie_group;
+        if (grp == BM_NONE)
+            return fail_diff("'%s' is not tied", g->tensors[first].name);
+        if (t->ties[grp].n != gt->n)
+            return fail_diff("the group of '%s' has %d names, expected %d",
+                             g->tensors[first].name, t->ties[grp].n, gt->n);
+        for (int32_t j = 0; j < gt->n; j++)
+            if (t->tensors[gt->tensors[j]].tie_group != grp)
+                return fail_diff("'%s' is not tied with '%s'",
+                                 g->tensors[gt->tensors[j]].name,
+                                 g->tensors[first].name);
+    }
+    if (t->n_no_split != g->n_no_split)
+        return fail_diff("%d no_split classes, expected %d", t->n_no_split,
+                         g->n_no_split);
+    for (int32_t i = 0; i < g->n_no_split; i++)
+        if (strcmp(t->no_split[i], g->no_split[i]))
+            return fail_diff("no_split[%d] is %s, expected %s", i,
+                             t->no_split[i], g->no_split[i]);
+    if (g->arch && (!t->arch || strcmp(t->arch, g->arch)))
+        return fail_diff("arch is %s, expected %s", t->arch ? t->arch : "(none)",
+                         g->arch);
+    const char *key;
+    const json_t *val;
+    json_object_foreach((json_t *)g->config, key, val) {
+        const json_t *ours = json_object_get(t->config, key);
+        if (!ours || !json_values_equal(ours, val)) {
+            char *w = json_dumps(val, JSON_ENCODE_ANY);
+            char *o = ours ? json_dumps(ours, JSON_ENCODE_ANY) : NULL;
+            fail_diff("config %s is %s, expected %s", key, o ? o : "(missing)", w);
+            free(w);
+            free(o);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bm_tree *load_ok(const char *path, bool base)
 {
     bm_hfconfig_opts o = {.base_model_only = base};
@@ -223,16 +307,19 @@ static const struct {
 
 START_TEST(test_golden_config)
 {
-    char cfg[256], lst[256];
+    char cfg[256], graph[256];
     snprintf(cfg, sizeof cfg, GOLDEN "%s.json", golden[_i].name);
-    snprintf(lst, sizeof lst, FIX "expected/%s.json", golden[_i].name);
+    snprintf(graph, sizeof graph, GRAPHS "%s.yaml", golden[_i].name);
     bm_tree *t = load_ok(cfg, false);
-    json_t *l = load_listing(lst);
-    bool same = same_as_listing(t, l);
+    bm_tree *g = NULL;
+    bm_error err = {0};
+    ck_assert_msg(bm_graph_load(graph, &g, &err) == BM_OK, "%s", err.msg);
+    bool same = same_as_graph(t, g);
     ck_assert_msg(same, "%s: %s", golden[_i].name, diff);
     ck_assert_uint_eq(bm_tree_param_count(t), golden[_i].params);
+    ck_assert_uint_eq(bm_tree_param_count(g), golden[_i].params);
     ck_assert_int_eq(t->dtype, BM_F32);
-    json_decref(l);
+    bm_tree_free(g);
     bm_tree_free(t);
 }
 END_TEST
