@@ -56,9 +56,14 @@ static char *fmt(uint64_t bytes, char *buf)
     return bm_size_format(bytes, buf, 32);
 }
 
-/* Weights of a quantised dtype are computed with float16 activations. */
-static bm_dtype act_dtype(bm_dtype weights)
+/* The dtype activations are computed in: the weights' when floating, the
+ * stored parameters' for "auto", float16 for quantised weights. */
+static bm_dtype act_dtype(const bm_tree *tree, bm_dtype weights)
 {
+    if (weights == BM_DTYPE_INVALID)
+        for (int32_t i = 0; i < tree->n_tensors; i++)
+            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype))
+                return tree->tensors[i].dtype;
     return weights != BM_DTYPE_INVALID && bm_dtype_is_floating(weights) ? weights : BM_F16;
 }
 
@@ -533,10 +538,11 @@ int cmd_estimate(int argc, char **argv)
             goto fail;
         r->total = bits_to_bytes(r->w.total_bits);
         if (context) {
-            r->kv_dtype = kv_dtype != BM_DTYPE_INVALID ? kv_dtype : act_dtype(dts[i]);
+            r->kv_dtype =
+                kv_dtype != BM_DTYPE_INVALID ? kv_dtype : act_dtype(model->tree, dts[i]);
             if (bm_kv_size_compute(&dims, r->kv_dtype, (uint64_t)context, (uint64_t)batch, &r->kv,
                                    &err) ||
-                bm_workspace_compute(&dims, act_dtype(dts[i]), (uint64_t)context,
+                bm_workspace_compute(&dims, act_dtype(model->tree, dts[i]), (uint64_t)context,
                                      (uint64_t)batch, 0, &r->ws, &err))
                 goto fail;
             if (__builtin_add_overflow(r->total, r->kv.total_bytes, &r->total) ||
