@@ -11,6 +11,8 @@
 const cli_command cli_commands[] = {
     {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
     {"graph", cmd_graph, "write a model graph file from a config.json or a checkpoint"},
+    {"plan", cmd_plan, "compute a device map (accelerate's infer_auto_device_map)"},
+    {"check", cmd_check, "validate a device map against a model and budgets"},
     {"estimate", cmd_estimate, "memory for weights, KV cache and workspace"},
     {NULL, NULL, NULL},
 };

@@ -364,5 +364,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "graph.h"
 #include "hfconfig.h"
 #include "model.h"
+#include "planner.h"
 
 #endif /* BMPLAN_H */
