@@ -14,6 +14,7 @@ const cli_command cli_commands[] = {
     {"plan", cmd_plan, "compute a device map (accelerate's infer_auto_device_map)"},
     {"check", cmd_check, "validate a device map against a model and budgets"},
     {"estimate", cmd_estimate, "memory for weights, KV cache and workspace"},
+    {"fleet", cmd_fleet, "how many GPUs of a type a model needs"},
     {NULL, NULL, NULL},
 };
 

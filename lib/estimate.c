@@ -6,6 +6,7 @@
  */
 #include "bmplan.h"
 #include "estimate.h"
+#include "planner.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -13,6 +14,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+static uint64_t bits_to_bytes_u(uint64_t bits)
+{
+    return bits / 8 + (bits % 8 != 0);
+}
 
 static bm_status nomem(bm_error *err)
 {
@@ -958,4 +964,417 @@ bm_status bm_gpu_spec_parse(const char *text, bm_gpu_spec *out, bm_error *err)
     out->bytes = (uint64_t)bytes;
     snprintf(out->label, sizeof out->label, "%s GPU", out->name);
     return BM_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * Fleet
+ * ------------------------------------------------------------------------ */
+
+#define FLEET_MAX_GPUS_DEFAULT 4096
+#define FLEET_MAX_ROUNDS 64
+#define KIB ((uint64_t)1 << 10)
+
+typedef struct fleet_ctx {
+    const bm_tree *tree;
+    const bm_fleet_opts *o;
+    bm_model_dims dims;
+    bool has_dims;
+    int32_t *kv_mods;     /* modules holding one layer's cache each */
+    int32_t n_kv;
+    bool kv_everywhere;   /* the tree's layers do not match the config:
+                           * every GPU is charged the whole cache */
+    bm_dtype act, kv_dtype;
+    uint64_t weights_bits;
+    uint64_t largest_bytes; /* staging for a streamed layer */
+    /* for the current context and batch */
+    uint64_t kv_layer_bits; /* one layer's cache */
+    bm_kv_size kv;
+    bm_workspace ws;
+} fleet_ctx;
+
+void bm_fleet_fit_free(bm_fleet_fit *fit)
+{
+    if (!fit)
+        return;
+    free(fit->gpu);
+    free(fit->max_memory);
+    free(fit->device_map);
+    memset(fit, 0, sizeof *fit);
+}
+
+static void fleet_ctx_free(fleet_ctx *c)
+{
+    free(c->kv_mods);
+}
+
+static bm_status fleet_ctx_init(fleet_ctx *c, const bm_tree *tree, const bm_fleet_opts *o,
+                                bm_error *err)
+{
+    memset(c, 0, sizeof *c);
+    c->tree = tree;
+    c->o = o;
+    if (o->gpu_bytes == 0)
+        return bm_fail(err, BM_E_INVALID, "a GPU needs some memory");
+    if (o->context == 0 || o->batch == 0)
+        return bm_fail(err, BM_E_INVALID, "context and batch must be at least 1");
+    bm_status st = bm_model_dims_for_tree(tree, &c->dims, err);
+    if (st)
+        return st;
+    c->has_dims = true;
+    c->act = o->dtype != BM_DTYPE_INVALID && bm_dtype_is_floating(o->dtype) ? o->dtype : BM_F16;
+    if (o->dtype == BM_DTYPE_INVALID) {
+        /* as stored: compute in the dtype of the first floating parameter */
+        for (int32_t i = 0; i < tree->n_tensors; i++)
+            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype)) {
+                c->act = tree->tensors[i].dtype;
+                break;
+            }
+    }
+    c->kv_dtype = o->kv_dtype != BM_DTYPE_INVALID ? o->kv_dtype : c->act;
+    if ((st = bm_kv_layer_modules(tree, &c->dims, &c->kv_mods, &c->n_kv, err)))
+        return st;
+    c->kv_everywhere = c->dims.has_cache && c->n_kv != c->dims.layers;
+    bm_weights w;
+    if ((st = bm_estimate_weights(tree, o->dtype, BM_COMPAT_BMPLAN, &w, err)))
+        return st;
+    c->weights_bits = w.total_bits;
+    c->largest_bytes = bits_to_bytes_u(w.largest_bits);
+    return BM_OK;
+}
+
+/* KV and workspace for a context and batch */
+static bm_status fleet_ctx_size(fleet_ctx *c, uint64_t context, uint64_t batch, bm_error *err)
+{
+    bm_status st = bm_kv_size_compute(&c->dims, c->kv_dtype, context, batch, &c->kv, err);
+    if (st)
+        return st;
+    if ((st = bm_workspace_compute(&c->dims, c->act, context, batch, 0, &c->ws, err)))
+        return st;
+    /* one decoder layer: its self-attention cache, and for t5 its
+     * cross-attention cache as well */
+    uint64_t lb = c->kv.layer_token_bits;
+    if (!mul_u64(&lb, context) || !mul_u64(&lb, batch) ||
+        (c->dims.cross_layers && !mul_u64(&lb, 2)))
+        return bm_fail(err, BM_E_OVERFLOW, "the KV cache size overflows 64 bits");
+    c->kv_layer_bits = c->dims.has_cache ? lb : 0;
+    return BM_OK;
+}
+
+/* The KV cache of `layers` layers (all of them when the tree's layers
+ * could not be matched to the configuration). */
+static uint64_t fleet_kv_of(const fleet_ctx *c, int32_t layers)
+{
+    if (c->kv_everywhere)
+        return c->kv.total_bytes;
+    uint64_t bits;
+    if (__builtin_mul_overflow(c->kv_layer_bits, (uint64_t)layers, &bits))
+        return UINT64_MAX;
+    return bits_to_bytes_u(bits);
+}
+
+static uint64_t sub_sat(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+/* The CPU's budget when offloading: --cpu, else twice the model (room for
+ * everything and for the largest-layer reserve the planner keeps there:
+ * unlimited in effect, and a size `bmplan plan` accepts). */
+static uint64_t fleet_cpu_budget(const fleet_ctx *c)
+{
+    if (c->o->has_cpu)
+        return c->o->cpu_bytes / KIB * KIB;
+    uint64_t w = bits_to_bytes_u(c->weights_bits);
+    return add_sat(w, w) / KIB * KIB + KIB;
+}
+
+/* One planner run with budgets[i] bytes on GPU i (and the CPU when
+ * offloading): what each GPU got, which layers run where. */
+static bm_status fleet_plan_once(fleet_ctx *c, int64_t gpus, const uint64_t *budgets,
+                                 bool allow_offload, bm_plan **plan, int32_t *layers,
+                                 bm_error *err)
+{
+    bm_budgets b;
+    bm_budgets_init(&b);
+    bm_status st = BM_OK;
+    for (int64_t i = 0; i < gpus && !st; i++)
+        st = bm_budgets_set(&b, (bm_device){BM_DEV_GPU, i},
+                            (int64_t)(budgets[i] > (uint64_t)(BM_BUDGET_MAX_BITS / 8)
+                                          ? BM_BUDGET_MAX_BITS
+                                          : budgets[i] * 8),
+                            err);
+    if (!st && allow_offload) {
+        uint64_t cpu = fleet_cpu_budget(c);
+        st = bm_budgets_set(&b, (bm_device){BM_DEV_CPU, 0},
+                            cpu < (uint64_t)(BM_BUDGET_MAX_BITS / 8) ? (int64_t)(cpu * 8)
+                                                                    : BM_BUDGET_MAX_BITS,
+                            err);
+    }
+    if (st) {
+        bm_budgets_free(&b);
+        return st;
+    }
+    bm_plan_opts po = {.compat = BM_COMPAT_BMPLAN,
+                       .budgets = &b,
+                       .no_split = c->tree->no_split,
+                       .n_no_split = c->tree->n_no_split,
+                       .dtype = c->o->dtype};
+    st = bm_plan_infer(c->tree, &po, plan, err);
+    bm_budgets_free(&b);
+    if (st)
+        return st;
+    memset(layers, 0, (size_t)gpus * sizeof *layers);
+    /* a layer runs where its first tensor is; layers offloaded to the CPU
+     * or disk run on the first GPU (accelerate's execution device) */
+    for (int32_t k = 0; k < c->n_kv; k++) {
+        const bm_module *m = &c->tree->modules[c->kv_mods[k]];
+        if (m->tensor_begin >= m->subtree_tensor_end)
+            continue;
+        int32_t e = bm_devmap_lookup((*plan)->map, c->tree->tensors[m->tensor_begin].name);
+        int64_t g = 0;
+        if (e != BM_NONE && (*plan)->map->e[e].dev.kind == BM_DEV_GPU &&
+            (*plan)->map->e[e].dev.id >= 0 && (*plan)->map->e[e].dev.id < gpus)
+            g = (*plan)->map->e[e].dev.id;
+        layers[g]++;
+    }
+    return BM_OK;
+}
+
+static uint64_t plan_placed(const bm_plan *p, bm_device_kind kind, int64_t id)
+{
+    for (int i = 0; i < p->n_devices; i++)
+        if (p->devices[i].dev.kind == kind && (kind != BM_DEV_GPU || p->devices[i].dev.id == id))
+            return bits_to_bytes_u(p->devices[i].placed_bits);
+    return 0;
+}
+
+/* Plan on `gpus` GPUs for the context and batch already sized in c. */
+static bm_status fleet_run(fleet_ctx *c, int64_t gpus, bool allow_offload, bm_fleet_fit *fit,
+                           bm_error *err)
+{
+    memset(fit, 0, sizeof *fit);
+    fit->gpus = gpus;
+    fit->kv = c->kv;
+    fit->ws = c->ws;
+    fit->weights_bytes = bits_to_bytes_u(c->weights_bits);
+    uint64_t *budgets = calloc((size_t)gpus, sizeof *budgets);
+    uint64_t *work = calloc((size_t)gpus, sizeof *work);
+    int32_t *layers = calloc((size_t)gpus, sizeof *layers);
+    fit->gpu = calloc((size_t)gpus, sizeof *fit->gpu);
+    bm_plan *plan = NULL;
+    bm_status st = BM_OK;
+    if (!budgets || !work || !layers || !fit->gpu) {
+        st = nomem(err);
+        goto out;
+    }
+    uint64_t usable = sub_sat(c->o->gpu_bytes, c->o->reserve_bytes);
+    for (int64_t i = 0; i < gpus; i++) {
+        work[i] = c->ws.total_bytes;
+        /* whole KiB, so that the budgets print exactly as size strings */
+        budgets[i] = sub_sat(usable, work[i]) / KIB * KIB;
+    }
+    bool settled = false;
+    for (int round = 0; round < FLEET_MAX_ROUNDS && !settled; round++) {
+        bm_plan_free(plan);
+        plan = NULL;
+        if ((st = fleet_plan_once(c, gpus, budgets, allow_offload, &plan, layers, err)))
+            goto out;
+        uint64_t offloaded = plan_placed(plan, BM_DEV_CPU, 0) + plan_placed(plan, BM_DEV_DISK, 0);
+        settled = true;
+        for (int64_t i = 0; i < gpus; i++) {
+            /* streaming offloaded weights needs a staging buffer on the
+             * execution device */
+            work[i] = c->ws.total_bytes + (i == 0 && offloaded ? c->largest_bytes : 0);
+            uint64_t kv = fleet_kv_of(c, layers[i]);
+            uint64_t need = add_sat(add_sat(plan_placed(plan, BM_DEV_GPU, i), kv), work[i]);
+            if (need > usable) {
+                uint64_t nb = sub_sat(sub_sat(usable, work[i]), kv) / KIB * KIB;
+                if (nb < budgets[i]) {
+                    budgets[i] = nb;
+                    settled = false;
+                }
+            }
+        }
+    }
+    /* the outcome of the last plan, settled or not */
+    fit->fits = true;
+    for (int64_t i = 0; i < gpus; i++) {
+        bm_fleet_gpu *g = &fit->gpu[i];
+        g->budget = budgets[i];
+        g->weights = plan_placed(plan, BM_DEV_GPU, i);
+        g->layers = layers[i];
+        g->kv = fleet_kv_of(c, layers[i]);
+        g->workspace = work[i];
+        if (add_sat(add_sat(g->weights, g->kv), g->workspace) > usable)
+            fit->fits = false;
+    }
+    fit->cpu_bytes = plan_placed(plan, BM_DEV_CPU, 0);
+    fit->disk_bytes = plan_placed(plan, BM_DEV_DISK, 0);
+    fit->stream_per_token = fit->cpu_bytes + fit->disk_bytes;
+    if (fit->stream_per_token)
+        fit->fits = false;
+    for (int32_t i = 0; i < plan->map->n; i++)
+        if (plan->map->e[i].dev.kind == BM_DEV_CPU || plan->map->e[i].dev.kind == BM_DEV_DISK)
+            fit->n_offloaded++;
+    /* the budgets to give `bmplan plan --max-memory` for the same map */
+    size_t cap = (size_t)gpus * 32 + 64, o = 0;
+    fit->max_memory = malloc(cap);
+    if (!fit->max_memory) {
+        st = nomem(err);
+        goto out;
+    }
+    fit->max_memory[0] = 0;
+    for (int64_t i = 0; i < gpus; i++)
+        o += (size_t)snprintf(fit->max_memory + o, cap - o, "%s%lld=%lluKiB", i ? "," : "",
+                              (long long)i, (unsigned long long)(budgets[i] / KIB));
+    if (allow_offload)
+        snprintf(fit->max_memory + o, cap - o, ",cpu=%lluKiB",
+                 (unsigned long long)(fleet_cpu_budget(c) / KIB));
+    size_t jl;
+    if ((st = bm_devmap_to_json(plan->map, &fit->device_map, &jl, err)))
+        goto out;
+out:
+    bm_plan_free(plan);
+    free(budgets);
+    free(work);
+    free(layers);
+    if (st)
+        bm_fleet_fit_free(fit);
+    return st;
+}
+
+bm_status bm_fleet_plan(const bm_tree *tree, const bm_fleet_opts *opts, int64_t gpus,
+                        bool allow_offload, bm_fleet_fit *fit, bm_error *err)
+{
+    memset(fit, 0, sizeof *fit);
+    if (gpus < 1 || gpus > FLEET_MAX_GPUS_DEFAULT)
+        return bm_fail(err, BM_E_INVALID, "GPU count %lld is not from 1 to %d", (long long)gpus,
+                       FLEET_MAX_GPUS_DEFAULT);
+    fleet_ctx c;
+    bm_status st = fleet_ctx_init(&c, tree, opts, err);
+    if (!st)
+        st = fleet_ctx_size(&c, opts->context, opts->batch, err);
+    if (!st)
+        st = fleet_run(&c, gpus, allow_offload, fit, err);
+    fleet_ctx_free(&c);
+    return st;
+}
+
+bm_status bm_fleet_min_gpus(const bm_tree *tree, const bm_fleet_opts *opts, bm_fleet_fit *fit,
+                            bm_error *err)
+{
+    memset(fit, 0, sizeof *fit);
+    int64_t max = opts->max_gpus > 0 ? opts->max_gpus : FLEET_MAX_GPUS_DEFAULT;
+    if (max > FLEET_MAX_GPUS_DEFAULT)
+        max = FLEET_MAX_GPUS_DEFAULT;
+    fleet_ctx c;
+    bm_status st = fleet_ctx_init(&c, tree, opts, err);
+    if (!st)
+        st = fleet_ctx_size(&c, opts->context, opts->batch, err);
+    if (st)
+        goto out;
+    char a[32], b[32];
+    uint64_t usable = sub_sat(sub_sat(opts->gpu_bytes, opts->reserve_bytes), c.ws.total_bytes);
+    /* a layer, its cache and the workspace must fit one GPU */
+    uint64_t one = add_sat(c.largest_bytes, fleet_kv_of(&c, c.n_kv ? 1 : 0));
+    if (usable == 0 || one > usable) {
+        st = bm_fail(err, BM_E_NOFIT,
+                     "one GPU of %s cannot run the largest layer: %s of memory left after the "
+                     "reserve and a workspace of %s (estimate), the layer and its KV cache "
+                     "need %s",
+                     bm_size_format(opts->gpu_bytes, a, sizeof a),
+                     bm_size_format(usable, b, sizeof b),
+                     bm_size_format(c.ws.total_bytes, (char[32]){0}, 32),
+                     bm_size_format(one, (char[32]){0}, 32));
+        goto out;
+    }
+    /* no fewer than the weights and caches divided by what a GPU holds */
+    uint64_t all = add_sat(bits_to_bytes_u(c.weights_bits), c.kv.total_bytes);
+    int64_t n = (int64_t)(all / usable + (all % usable != 0));
+    if (n < 1)
+        n = 1;
+    for (; n <= max; n++) {
+        if ((st = fleet_run(&c, n, false, fit, err)))
+            goto out;
+        if (fit->fits)
+            goto out;
+        bm_fleet_fit_free(fit);
+    }
+    st = bm_fail(err, BM_E_NOFIT, "%lld GPUs of %s do not hold the model", (long long)max,
+                 bm_size_format(opts->gpu_bytes, a, sizeof a));
+out:
+    fleet_ctx_free(&c);
+    return st;
+}
+
+/* Does the model stay resident on `gpus` GPUs at this context and batch? */
+static bm_status fleet_fits(fleet_ctx *c, int64_t gpus, uint64_t context, uint64_t batch,
+                            bool *fits, bm_error *err)
+{
+    bm_error sub = {0};
+    if (fleet_ctx_size(c, context, batch, &sub)) {
+        *fits = false; /* sizes past 64 bits do not fit anywhere */
+        return BM_OK;
+    }
+    bm_fleet_fit fit;
+    bm_status st = fleet_run(c, gpus, false, &fit, err);
+    if (st)
+        return st;
+    *fits = fit.fits;
+    bm_fleet_fit_free(&fit);
+    return BM_OK;
+}
+
+/* The largest x in [1, hi] with fits(x), by bisection (fits is monotone:
+ * more tokens or sequences never need less memory); 0 when x = 1 fails. */
+static bm_status fleet_bisect(fleet_ctx *c, int64_t gpus, bool over_context, uint64_t hi,
+                              uint64_t *out, bm_error *err)
+{
+    uint64_t lo = 0;
+    bool ok;
+    bm_status st;
+    const bm_fleet_opts *o = c->o;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo + 1) / 2;
+        st = fleet_fits(c, gpus, over_context ? mid : o->context, over_context ? o->batch : mid,
+                        &ok, err);
+        if (st)
+            return st;
+        if (ok)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    *out = lo;
+    return BM_OK;
+}
+
+bm_status bm_fleet_max_context(const bm_tree *tree, const bm_fleet_opts *opts, int64_t gpus,
+                               uint64_t limit, uint64_t *context, bm_error *err)
+{
+    *context = 0;
+    fleet_ctx c;
+    bm_status st = fleet_ctx_init(&c, tree, opts, err);
+    if (!st)
+        st = fleet_bisect(&c, gpus, true, limit ? limit : (uint64_t)1 << 20, context, err);
+    fleet_ctx_free(&c);
+    return st;
+}
+
+bm_status bm_fleet_max_batch(const bm_tree *tree, const bm_fleet_opts *opts, int64_t gpus,
+                             uint64_t *batch, bm_error *err)
+{
+    *batch = 0;
+    fleet_ctx c;
+    bm_status st = fleet_ctx_init(&c, tree, opts, err);
+    if (!st)
+        st = fleet_bisect(&c, gpus, false, (uint64_t)1 << 20, batch, err);
+    fleet_ctx_free(&c);
+    return st;
 }

@@ -234,4 +234,71 @@ typedef struct bm_gpu_spec {
 bm_status bm_gpu_spec_parse(const char *text, bm_gpu_spec *out,
                             bm_error *err);
 
+/* ------------------------------------------------------------------------
+ * Fleet: GPUs of one type for a model at a context and batch, answered by
+ * the planner itself
+ *
+ * Each GPU of `gpu_bytes` keeps `reserve_bytes`, the workspace (estimate)
+ * and the KV cache of the layers it runs; the rest is the weight budget the
+ * planner is given (--max-memory). A GPU's KV cache depends on how many
+ * layers the planner puts there, so budgets are lowered until every GPU
+ * holds its weights and its layers' cache: the map reported is the one
+ * `bmplan plan --max-memory <budgets>` produces.
+ * ------------------------------------------------------------------------ */
+
+typedef struct bm_fleet_opts {
+    uint64_t gpu_bytes;      /* memory of one GPU */
+    uint64_t reserve_bytes;  /* kept back on each GPU */
+    bool has_cpu;            /* --cpu given: offload budget, else unlimited */
+    uint64_t cpu_bytes;
+    uint64_t context, batch; /* tokens, sequences (both >= 1) */
+    bm_dtype dtype;          /* weights; BM_DTYPE_INVALID = as stored */
+    bm_dtype kv_dtype;       /* BM_DTYPE_INVALID: the compute dtype */
+    int64_t max_gpus;        /* bound of the minimum search (0: 4096) */
+} bm_fleet_opts;
+
+typedef struct bm_fleet_gpu {
+    uint64_t budget;         /* weight budget given to the planner */
+    uint64_t weights;        /* bytes the planner placed here */
+    uint64_t kv;             /* KV cache of the layers running here */
+    uint64_t workspace;      /* estimate */
+    int32_t layers;          /* attention layers running here */
+} bm_fleet_gpu;
+
+typedef struct bm_fleet_fit {
+    int64_t gpus;
+    bool fits;               /* every weight resident on the GPUs */
+    bm_fleet_gpu *gpu;       /* gpus entries */
+    uint64_t weights_bytes;  /* the whole model, the planner's sizes */
+    uint64_t cpu_bytes;      /* weights offloaded to the CPU */
+    uint64_t disk_bytes;     /* and to disk */
+    uint64_t stream_per_token; /* offloaded bytes each forward pass moves */
+    bm_kv_size kv;           /* the whole model's KV cache */
+    bm_workspace ws;         /* one GPU's workspace (estimate) */
+    char *max_memory;        /* "0=...,1=...,cpu=..." in bytes, for plan */
+    char *device_map;        /* the planner's map, JSON */
+    int32_t n_offloaded;     /* modules of the map on cpu or disk */
+} bm_fleet_fit;
+
+void bm_fleet_fit_free(bm_fleet_fit *fit);
+
+/* Plan on `gpus` GPUs. allow_offload: the rest goes to the CPU (and disk
+ * past --cpu), and what streams per token is reported; else CPU and disk
+ * get nothing and fit->fits says whether the model is resident. */
+bm_status bm_fleet_plan(const bm_tree *tree, const bm_fleet_opts *opts,
+                        int64_t gpus, bool allow_offload, bm_fleet_fit *fit,
+                        bm_error *err);
+/* The fewest GPUs that hold the model resident. BM_E_NOFIT (with the
+ * reason) when even max_gpus do not, or one layer exceeds a GPU. */
+bm_status bm_fleet_min_gpus(const bm_tree *tree, const bm_fleet_opts *opts,
+                            bm_fleet_fit *fit, bm_error *err);
+/* With `gpus` fixed: the longest context (at opts->batch) and the largest
+ * batch (at opts->context) that stay resident; 0 when none does. `limit`
+ * bounds the context search (the model's positions, or 2^20). */
+bm_status bm_fleet_max_context(const bm_tree *tree, const bm_fleet_opts *opts,
+                               int64_t gpus, uint64_t limit, uint64_t *context,
+                               bm_error *err);
+bm_status bm_fleet_max_batch(const bm_tree *tree, const bm_fleet_opts *opts,
+                             int64_t gpus, uint64_t *batch, bm_error *err);
+
 #endif

@@ -103,4 +103,48 @@ expect_err_contains "mamba"
 expect_rc 0 "-o writes the JSON file" -- "$BMPLAN" estimate "$G/graphs/gpt2.yaml" --json -o "$T/e.json"
 [ "$(jq -r .format "$T/e.json")" = "bmplan-estimate/1" ] && ok "-o file is the JSON" || notok "-o file"
 
+# ---- fleet: every answer is a planner run
+L70="$G/graphs/llama-2-70b.yaml"
+# Llama-2-70B bfloat16 (128.64 GiB) at 4k context, batch 1, on 80 GB GPUs: 2
+for gpu in h100 a100-80gb 80GiB; do
+    expect_rc 0 "fleet Llama-2-70B on $gpu" -- \
+        "$BMPLAN" fleet "$L70" --gpu "$gpu" --dtype bfloat16 --context 4096 --batch 1 --json
+    [ "$(jq -r '"\(.gpus) \(.fits) \(.kv_cache_bytes) \(.workspace_is_estimate)"' "$T/out")" = "2 true 1342177280 true" ] \
+        && ok "2 x $gpu hold Llama-2-70B" || notok "$gpu: $(jq -c '{gpus,fits,kv_cache_bytes}' "$T/out")"
+done
+# on 24 GB A10s: 9 (derivation in tests/unit/test_estimate.c)
+expect_rc 0 "fleet Llama-2-70B on A10" -- "$BMPLAN" fleet "$L70" --gpu a10 --dtype bfloat16 --json
+[ "$(jq -r '.gpus, ([.devices[].layers] | add)' "$T/out" | tr '\n' ' ')" = "9 80 " ] \
+    && ok "9 x A10, every layer placed" || notok "A10: $(jq -c '{gpus}' "$T/out")"
+# the budgets shown reproduce the map: the same weights per GPU
+mm=$(jq -r .max_memory "$T/out")
+case $mm in 0=*KiB,1=*KiB,*8=*KiB) ok "max_memory lists 9 GPUs in KiB" ;; *) notok "max_memory: $mm" ;; esac
+jq -c .device_map "$T/out" >"$T/fleet_map.json"
+expect_rc 0 "bmplan plan with the budgets fleet printed" -- \
+    "$BMPLAN" plan "$L70" --dtype bfloat16 --max-memory "$mm"
+jq -c . "$T/out" >"$T/plan_map.json"
+cmp -s "$T/fleet_map.json" "$T/plan_map.json" && ok "bmplan plan gives fleet's map, key order too" \
+    || notok "maps differ: $(diff "$T/fleet_map.json" "$T/plan_map.json" | head -5)"
+# fixed count: fits, longest context, largest batch
+expect_rc 0 "fleet with a fixed count" -- "$BMPLAN" fleet "$L70" --gpu h100:2 --dtype bfloat16 --json
+[ "$(jq -r '"\(.fits) \(.max_context)"' "$T/out")" = "true 4096" ] && ok "2 x H100: the model's 4096 positions" \
+    || notok "fixed: $(jq -c '{fits,max_context,max_batch}' "$T/out")"
+[ "$(jq -r '.max_batch >= 1' "$T/out")" = true ] && ok "a batch fits" || notok "max_batch"
+# too few GPUs: what is offloaded and streams per token
+expect_rc 0 "fleet offload report" -- "$BMPLAN" fleet "$L70" --gpu a10:4 --dtype bfloat16 --cpu 64GiB --json
+[ "$(jq -r '"\(.fits) \(.max_context) \(.offload.stream_bytes_per_token == .offload.cpu_bytes + .offload.disk_bytes) \(.offload.disk_bytes > 0)"' "$T/out")" = "false 0 true true" ] \
+    && ok "4 x A10 + 64 GiB CPU: offloads, some to disk" || notok "offload: $(jq -c .offload "$T/out")"
+expect_rc 0 "fleet table for people" -- "$BMPLAN" fleet "$L70" --gpu a10:4 --dtype bfloat16
+expect_out_contains "streamed to GPU 0 for every token"
+expect_out_contains "* estimate"
+expect_out_contains "bmplan plan"
+expect_rc 0 "--list-gpus" -- "$BMPLAN" fleet --list-gpus
+expect_out_contains "h200"
+expect_rc 2 "--gpu is required" -- "$BMPLAN" fleet "$L70"
+expect_rc 2 "unknown GPU type" -- "$BMPLAN" fleet "$L70" --gpu v100
+expect_err_contains "unknown GPU type"
+expect_rc 2 "--cpu needs a count" -- "$BMPLAN" fleet "$L70" --gpu h100 --cpu 64GiB
+expect_rc 1 "a GPU too small for one layer" -- "$BMPLAN" fleet "$L70" --gpu 4GiB
+one_line_err
+
 finish

@@ -6,6 +6,7 @@
  * configs, accelerate's Adam rule, the GPU table.
  */
 #include "bmplan.h"
+#include "planner.h"
 
 #include <check.h>
 #include <jansson.h>
@@ -600,6 +601,187 @@ START_TEST(test_gpu_specs)
 }
 END_TEST
 
+/* ---- fleet: planner-backed answers ----------------------------------- */
+
+static bm_tree *load_graph(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, FIX "golden/graphs/%s.yaml", name);
+    bm_tree *t = NULL;
+    bm_error err = {0};
+    ck_assert_msg(bm_graph_load(path, &t, &err) == BM_OK, "%s", err.msg);
+    return t;
+}
+
+static bm_fleet_opts fleet_opts(const char *gpu, bm_dtype dt, uint64_t context, uint64_t batch)
+{
+    bm_gpu_spec g;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_gpu_spec_parse(gpu, &g, &err), BM_OK);
+    bm_fleet_opts o = {.gpu_bytes = g.bytes, .reserve_bytes = BM_GPU_RESERVE_DEFAULT,
+                       .context = context, .batch = batch, .dtype = dt};
+    return o;
+}
+
+/* The fit's budgets given to the planner as `bmplan plan --max-memory`
+ * would: the same map, the same bytes on every GPU. */
+static void check_same_as_plan(const bm_tree *t, const bm_fleet_opts *o, const bm_fleet_fit *fit)
+{
+    bm_error err = {0};
+    bm_budgets b;
+    bm_budgets_init(&b);
+    ck_assert_msg(bm_budgets_parse(&b, fit->max_memory, BM_COMPAT_BMPLAN, &err) == BM_OK, "%s",
+                  err.msg);
+    bm_plan_opts po = {.compat = BM_COMPAT_BMPLAN, .budgets = &b, .no_split = t->no_split,
+                       .n_no_split = t->n_no_split, .dtype = o->dtype};
+    bm_plan *p = NULL;
+    ck_assert_int_eq(bm_plan_infer(t, &po, &p, &err), BM_OK);
+    char *json = NULL;
+    size_t len;
+    ck_assert_int_eq(bm_devmap_to_json(p->map, &json, &len, &err), BM_OK);
+    ck_assert_str_eq(json, fit->device_map);
+    uint64_t sum = 0;
+    for (int i = 0; i < p->n_devices; i++) {
+        uint64_t bytes = p->devices[i].placed_bits / 8 + (p->devices[i].placed_bits % 8 != 0);
+        if (p->devices[i].dev.kind == BM_DEV_GPU) {
+            ck_assert_int_lt(p->devices[i].dev.id, fit->gpus);
+            ck_assert_uint_eq(fit->gpu[p->devices[i].dev.id].weights, bytes);
+        }
+        sum += p->devices[i].placed_bits;
+    }
+    /* nothing lost: the devices hold the whole model */
+    bm_weights w;
+    ck_assert_int_eq(bm_estimate_weights(t, o->dtype, BM_COMPAT_BMPLAN, &w, &err), BM_OK);
+    ck_assert_uint_eq(sum, w.total_bits);
+    free(json);
+    bm_plan_free(p);
+    bm_budgets_free(&b);
+}
+
+START_TEST(test_fleet_llama_70b_on_80gb)
+{
+    /* Llama-2-70B in bfloat16 is 128.64 GiB: more than one 80 GB GPU, well
+     * within two even after the KV cache (1.25 GiB at 4k) and workspace */
+    bm_tree *t = load_graph("llama-2-70b");
+    bm_error err = {0};
+    const char *gpus[] = {"a100-80gb", "h100", "80GiB", "80GB"};
+    for (int i = 0; i < 4; i++) {
+        bm_fleet_opts o = fleet_opts(gpus[i], BM_BF16, 4096, 1);
+        bm_fleet_fit fit;
+        ck_assert_msg(bm_fleet_min_gpus(t, &o, &fit, &err) == BM_OK, "%s", err.msg);
+        ck_assert_int_eq(fit.gpus, 2);
+        ck_assert(fit.fits);
+        ck_assert_uint_eq(fit.kv.total_bytes, 1342177280);
+        ck_assert_int_eq(fit.gpu[0].layers + fit.gpu[1].layers, 80);
+        ck_assert_uint_eq(fit.gpu[0].kv + fit.gpu[1].kv, 1342177280);
+        for (int g = 0; g < 2; g++)
+            ck_assert_uint_le(fit.gpu[g].weights + fit.gpu[g].kv + fit.gpu[g].workspace +
+                                  o.reserve_bytes,
+                              o.gpu_bytes);
+        check_same_as_plan(t, &o, &fit);
+        bm_fleet_fit_free(&fit);
+    }
+    bm_tree_free(t);
+}
+END_TEST
+
+START_TEST(test_fleet_llama_70b_on_24gb)
+{
+    /* A10 (23028 MiB): 1 GiB reserve and a 4.69 GiB workspace (estimate,
+     * 4 GiB of it the float32 scores of 64 heads at 4k) leave 16.80 GiB.
+     * A bfloat16 decoder layer is 1,713,406,080 bytes (1.60 GiB) plus 16 MiB
+     * of KV cache: ten fit a GPU, nine on GPU 0, which keeps a layer's
+     * room in reserve and holds the embeddings. 8 GPUs carry 79 layers;
+     * the 80th, the norm and the LM head need a 9th. */
+    bm_tree *t = load_graph("llama-2-70b");
+    bm_error err = {0};
+    bm_fleet_opts o = fleet_opts("a10", BM_BF16, 4096, 1);
+    bm_fleet_fit fit;
+    ck_assert_msg(bm_fleet_min_gpus(t, &o, &fit, &err) == BM_OK, "%s", err.msg);
+    ck_assert_int_eq(fit.gpus, 9);
+    ck_assert_int_eq(fit.gpu[0].layers, 9);
+    for (int g = 1; g < 8; g++)
+        ck_assert_int_eq(fit.gpu[g].layers, 10);
+    ck_assert_int_eq(fit.gpu[8].layers, 1);
+    check_same_as_plan(t, &o, &fit);
+    bm_fleet_fit_free(&fit);
+    /* 8 do not hold it; with offloading one layer's worth and more goes to
+     * the CPU, and streams every token */
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 8, false, &fit, &err), BM_OK);
+    ck_assert(!fit.fits);
+    bm_fleet_fit_free(&fit);
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 8, true, &fit, &err), BM_OK);
+    ck_assert(!fit.fits);
+    ck_assert_uint_ge(fit.cpu_bytes, 1713406080);
+    ck_assert_uint_eq(fit.stream_per_token, fit.cpu_bytes + fit.disk_bytes);
+    ck_assert_uint_eq(fit.disk_bytes, 0);
+    check_same_as_plan(t, &o, &fit);
+    bm_fleet_fit_free(&fit);
+    bm_tree_free(t);
+}
+END_TEST
+
+START_TEST(test_fleet_inverse_queries)
+{
+    bm_tree *t = load_graph("llama-2-70b");
+    bm_error err = {0};
+    bm_fleet_opts o = fleet_opts("h100", BM_BF16, 4096, 1);
+    uint64_t ctx, batch;
+    /* two H100s: the model's 4096 positions fit */
+    ck_assert_int_eq(bm_fleet_max_context(t, &o, 2, 4096, &ctx, &err), BM_OK);
+    ck_assert_uint_eq(ctx, 4096);
+    /* unbounded, the answer is the edge: it fits, one more token does not */
+    ck_assert_int_eq(bm_fleet_max_context(t, &o, 2, 1 << 20, &ctx, &err), BM_OK);
+    ck_assert_uint_gt(ctx, 4096);
+    bm_fleet_fit fit;
+    o.context = ctx;
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 2, false, &fit, &err), BM_OK);
+    ck_assert(fit.fits);
+    bm_fleet_fit_free(&fit);
+    o.context = ctx + 1;
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 2, false, &fit, &err), BM_OK);
+    ck_assert(!fit.fits);
+    bm_fleet_fit_free(&fit);
+    o.context = 4096;
+    ck_assert_int_eq(bm_fleet_max_batch(t, &o, 2, &batch, &err), BM_OK);
+    ck_assert_uint_ge(batch, 1);
+    o.batch = batch + 1;
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 2, false, &fit, &err), BM_OK);
+    ck_assert(!fit.fits);
+    bm_fleet_fit_free(&fit);
+    /* one H100 holds no context at all: the weights alone exceed it */
+    o.batch = 1;
+    ck_assert_int_eq(bm_fleet_max_context(t, &o, 1, 4096, &ctx, &err), BM_OK);
+    ck_assert_uint_eq(ctx, 0);
+    bm_tree_free(t);
+}
+END_TEST
+
+START_TEST(test_fleet_small_and_impossible)
+{
+    bm_error err = {0};
+    bm_tree *t = load_graph("gpt2");
+    bm_fleet_opts o = fleet_opts("l4", BM_DTYPE_INVALID, 1024, 1);
+    bm_fleet_fit fit;
+    ck_assert_int_eq(bm_fleet_min_gpus(t, &o, &fit, &err), BM_OK);
+    ck_assert_int_eq(fit.gpus, 1);
+    ck_assert_str_eq(fit.device_map, "{\n  \"\": 0\n}\n");
+    ck_assert_uint_eq(fit.gpu[0].weights, 499332144); /* reference_sizes.json */
+    bm_fleet_fit_free(&fit);
+    /* a GPU smaller than the reserve and workspace */
+    o = fleet_opts("1GiB", BM_DTYPE_INVALID, 1024, 1);
+    ck_assert_int_eq(bm_fleet_min_gpus(t, &o, &fit, &err), BM_E_NOFIT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "largest layer"));
+    bm_tree_free(t);
+    /* bloom-176b in float32 (657 GiB) on at most 4 H100s */
+    t = load_graph("bloom-176b");
+    o = fleet_opts("h100", BM_DTYPE_INVALID, 2048, 1);
+    o.max_gpus = 4;
+    ck_assert_int_eq(bm_fleet_min_gpus(t, &o, &fit, &err), BM_E_NOFIT);
+    bm_tree_free(t);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("estimate");
@@ -619,6 +801,10 @@ int main(void)
     tcase_add_test(tc, test_workspace_llama_70b);
     tcase_add_test(tc, test_adam_rule);
     tcase_add_test(tc, test_gpu_specs);
+    tcase_add_test(tc, test_fleet_llama_70b_on_80gb);
+    tcase_add_test(tc, test_fleet_llama_70b_on_24gb);
+    tcase_add_test(tc, test_fleet_inverse_queries);
+    tcase_add_test(tc, test_fleet_small_and_impossible);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
