@@ -2,7 +2,7 @@
 # Install the Debian packages bmplan needs to build and test, when missing.
 # As root it runs apt-get; otherwise it prints the command to run.
 set -eu
-pkgs="libjansson-dev libyaml-dev libzstd-dev check pkg-config libopenblas-dev zstd"
+pkgs="libjansson-dev libyaml-dev libzstd-dev check pkg-config libopenblas-dev zstd jq"
 # reliability checks: fuzzing (clang), memcheck, crash and limit tests
 pkgs="$pkgs clang libclang-rt-dev valgrind strace time"
 missing=""
