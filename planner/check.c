@@ -35,6 +35,11 @@ static bm_status problem(bm_check_result *r, bm_error *err, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    /* one printable line each, whatever the map's keys hold (a key with a
+     * newline must not print as a line of its own), as bm_fail does */
+    for (char *c = buf; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = ' ';
     char **np = realloc(r->problems, (size_t)(r->n_problems + 1) * sizeof *np);
     if (!np)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
