@@ -1514,6 +1514,10 @@ static bm_status read_zstd(const bm_offload_tensor *t, uint64_t pos, unsigned ch
         return bm_fail_errno(err, errno, "%s", t->path);
     size_t in_cap = ZSTD_DStreamInSize();
     size_t block = t->planes > 1 ? (size_t)t->block : (size_t)1 << 20;
+    /* the block size comes from bmplan.json: never allocate more than the
+     * tensor holds (one block then covers it all, as before) */
+    if (block > t->nbytes)
+        block = (size_t)t->nbytes;
     unsigned char *in = malloc(in_cap), *raw = malloc(block);
     unsigned char *plain = t->planes > 1 ? malloc(block) : NULL;
     ZSTD_DCtx *dctx = ZSTD_createDCtx();
