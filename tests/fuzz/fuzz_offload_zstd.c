@@ -8,11 +8,14 @@
  * The description (dtype, planes, block, shape) is written as a
  * well-formed bmplan.json entry, so the fuzzer spends its time on the
  * frame, the plane grouping and the ranges read:
- *   byte 0: dtype    byte 1: bit 0 = byte planes    bytes 2-4: block (LE)
+ *   byte 0: dtype    byte 1: bit 0 = byte planes, bit 1 = block 2^byte 2
+ *   bytes 2-4: block (LE)
  *   byte 5: ndim % 4 bytes 6, 7: the first two dimensions (the third is 3)
  * Every tensor that opens is read in full and from an offset, and hashed;
  * a corrupt frame must be an error naming the file, never a crash or a
- * read past a buffer.
+ * read past a buffer. Tensors here are small (at most 392 KiB), so
+ * tests/fuzz/offload_zstd.options caps single allocations at 64 MiB: a
+ * buffer sized by a claimed block rather than by the data is a finding.
  * Seeds: tests/fuzz/corpus/offload_zstd/.
  */
 #include "bmplan.h"
@@ -114,6 +117,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned es = bm_dtype_storage_bits(dt) / 8;
     unsigned planes = (data[1] & 1) ? es : 1;
     uint32_t block = (uint32_t)data[2] | (uint32_t)data[3] << 8 | (uint32_t)data[4] << 16;
+    if (data[1] & 2) /* large blocks too, up to the format's 1 GiB */
+        block = (uint32_t)1 << (data[2] % 31);
     int ndim = data[5] % 4;
     int64_t dims[3] = {data[6] % 64, data[7], 3};
     char shape[64] = "";
