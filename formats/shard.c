@@ -313,8 +313,12 @@ static bm_status write_offload_item(pool *p, int32_t item, worker_buf *b, bm_err
     p->next_begin++;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    if (st)
+    if (st) {
+        /* a name or dtype the offload folder cannot hold: say which input */
+        if (!failed)
+            bm_error_prefix(err, "%s", p->ck->files[t->file].path);
         return st;
+    }
     sink s = {-1, 0, NULL, NULL, f, p->o->progress};
     st = stream_tensor(p->ck, ti, p->target[ti], &s, b, p->o, err);
     if (st) {
@@ -572,9 +576,9 @@ static bm_status add_references(const bm_checkpoint *ck, bm_offload_writer *w,
         const bm_ckpt_file *f = &ck->files[t->file];
         uint64_t d;
         st = bm_xxh64_fd(f->fd, t->offset, t->nbytes, &d, f->path, err);
-        if (!st)
-            st = bm_offload_add_reference(w, o->offload_names ? o->offload_names[i] : t->name,
-                                          abs[t->file], t->name, target[i], d, err);
+        if (!st && (st = bm_offload_add_reference(w, o->offload_names ? o->offload_names[i] : t->name,
+                                                  abs[t->file], t->name, target[i], d, err)))
+            bm_error_prefix(err, "%s", f->path);
         if (!st)
             (*n_written)++;
         if (o->progress)
