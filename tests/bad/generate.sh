@@ -31,8 +31,10 @@ rep() { local s=$1 n=$2; head -c "$n" /dev/zero | tr '\0' 'x' | sed "s/x/$s/g"; 
 # a valid shard holding a.weight (F32 [2]) and b.weight (F32 [2])
 good_shard() { st "$1" "{$(t a.weight F32 2 0 8),$(t b.weight F32 2 8 16)}" 16; }
 
-rm -rf st index graph hf offload bin
-mkdir -p st index graph hf offload bin
+rm -rf st index graph hf offload bin devmap maxmem maxshard
+mkdir -p st index graph hf offload bin devmap maxmem maxshard
+# a valid checkpoint, the input of the rows that test option values
+good_shard good.safetensors
 
 # ---- safetensors files -------------------------------------------------------
 : >st/empty.safetensors
@@ -191,4 +193,105 @@ mkd shape-overflow '{"model_type":"llama","hidden_size":4294967296,"intermediate
 mkdir -p hf/nested-100k
 { printf '{"model_type":"llama","x":'; rep '[' 100000; rep ']' 100000; printf '}\n'; } >hf/nested-100k/config.json
 
-echo "generated: $(find st index graph hf offload bin -type f | wc -l) files"
+# ---- offload folders (accelerate's index.json, bmplan.json) --------------------
+# off NAME INDEX_JSON: a folder with w.dat (float32 [2]) and that index
+off() { mkdir -p "offload/$1"; printf '\000\000\200\077\000\000\000\100' >"offload/$1/w.dat"
+        [ -z "$2" ] || printf '%s\n' "$2" >"offload/$1/index.json"; }
+# side NAME JSON_TENSORS [DIGESTS]: a bmplan.json
+side() { printf '{"format": "bmplan-offload", "version": 1, "digest": "xxh64", "tensors": %s, "digests": %s}\n' \
+             "$2" "${3:-{\}}" >"offload/$1/bmplan.json"; }
+off key-dotdot '{"../w": {"dtype": "float32", "shape": [2]}}'
+off key-absolute '{"/etc/passwd": {"dtype": "float32", "shape": [2]}}'
+off key-long "{\"$(rep k 300)\": {\"dtype\": \"float32\", \"shape\": [2]}}"
+off key-empty '{"": {"dtype": "float32", "shape": [2]}}'
+off dat-size '{"w": {"dtype": "float32", "shape": [3]}}'
+off dat-missing '{"v": {"dtype": "float32", "shape": [2]}}'
+off dtype-unknown '{"w": {"dtype": "float99", "shape": [2]}}'
+off shape-overflow '{"w": {"dtype": "float32", "shape": [4294967296, 4294967296, 16]}}'
+off shape-negative '{"w": {"dtype": "float32", "shape": [-2]}}'
+off ref-passwd '{"w": {"safetensors_file": "../../../../../../../../../../etc/passwd", "weight_name": "w", "dtype": "float32"}}'
+off ref-missing '{"w": {"safetensors_file": "/nonexistent/model.safetensors", "weight_name": "w"}}'
+off index-not-object '[{"w": {"dtype": "float32", "shape": [2]}}]'
+off index-nested "{\"w\": $(rep '[' 100000)$(rep ']' 100000)}"
+off dat-is-folder '{"d": {"dtype": "float32", "shape": [2]}}'; mkdir -p offload/dat-is-folder/d.dat
+printf '0123456789abcdef' >frame.raw
+off zstd-size ''; zstd -q -c --content-size frame.raw >offload/zstd-size/t.dat.zst
+side zstd-size '{"t": {"storage": "zstd", "dtype": "float32", "shape": [8], "planes": 1, "block": 1048576}}'
+off zstd-garbage ''; head -c 64 /dev/zero | tr '\0' 'Z' >offload/zstd-garbage/t.dat.zst
+side zstd-garbage '{"t": {"storage": "zstd", "dtype": "float32", "shape": [4], "planes": 1, "block": 1048576}}'
+off zstd-two-frames ''; { zstd -q -c --content-size frame.raw; zstd -q -c --content-size frame.raw; } >offload/zstd-two-frames/t.dat.zst
+side zstd-two-frames '{"t": {"storage": "zstd", "dtype": "float32", "shape": [4], "planes": 1, "block": 1048576}}'
+off zstd-planes ''; zstd -q -c --content-size frame.raw >offload/zstd-planes/t.dat.zst
+side zstd-planes '{"t": {"storage": "zstd", "dtype": "float32", "shape": [4], "planes": 3, "block": 12}}'
+off zstd-block-zero ''; zstd -q -c --content-size frame.raw >offload/zstd-block-zero/t.dat.zst
+side zstd-block-zero '{"t": {"storage": "zstd", "dtype": "float32", "shape": [4], "planes": 4, "block": 0}}'
+off storage-exec ''
+side storage-exec '{"t": {"storage": "exec", "dtype": "float32", "shape": [4], "command": "rm -rf ~"}}'
+off empty-with-elements ''
+side empty-with-elements '{"t": {"storage": "empty", "dtype": "float32", "shape": [4]}}'
+off digest-not-hex '{"w": {"dtype": "float32", "shape": [2]}}'
+side digest-not-hex '{}' '{"w": "$(rm -rf /)"}'
+off digest-mismatch '{"w": {"dtype": "float32", "shape": [2]}}'
+side digest-mismatch '{}' '{"w": "0123456789abcdef"}'
+off sidecar-version '{"w": {"dtype": "float32", "shape": [2]}}'
+printf '{"format": "bmplan-offload", "version": 2, "tensors": {}, "digests": {}}\n' >offload/sidecar-version/bmplan.json
+off sidecar-duplicate '{"w": {"dtype": "float32", "shape": [2]}}'
+side sidecar-duplicate '{"w": {"storage": "empty", "dtype": "float32", "shape": [0]}}'
+off sidecar-key-slash ''
+side sidecar-key-slash '{"../../t": {"storage": "empty", "dtype": "float32", "shape": [0]}}'
+rm -f frame.raw
+
+# ---- device maps (bmplan check) ------------------------------------------------
+cat >devmap/model.yaml <<'EOF2'
+format: bmplan-graph/1
+tied: [[emb.weight, head.weight]]
+root:
+  class: M
+  modules:
+    emb: {class: Embedding, params: {weight: [10, 4]}}
+    blocks:
+      class: ModuleList
+      repeat: 2
+      template: {class: Block, params: {weight: [4, 4]}}
+    head: {class: Linear, params: {weight: [10, 4]}}
+EOF2
+{ rep '[' 100000; rep ']' 100000; } >devmap/nested-100k.json
+printf '["emb", 0]\n' >devmap/not-object.json
+printf '{"emb": 0, "emb": "cpu", "blocks": 0, "head": 0}\n' >devmap/duplicate-key.json
+printf '{"emb": "gpu0", "blocks": 0, "head": 0}\n' >devmap/device-unknown.json
+{ printf '{"emb": 0, "blocks": 0, "head": 0, "'; rep k 102400; printf '": 0}\n'; } >devmap/key-100kb.json
+printf '{"emb": 99999999999999999999, "blocks": 0, "head": 0}\n' >devmap/device-huge.json
+printf '{"emb": null, "blocks": {"0": 0}, "head": true}\n' >devmap/device-not-scalar.json
+printf '{"emb": 0, "blocks": 0, "head": 0, "x\\nOK: the map is valid": 0}\n' >devmap/key-newline.json
+printf '{"emb": 0, "blocks": 0, "head": 0, "../../etc/passwd": "disk"}\n' >devmap/key-unknown.json
+printf '{"emb": 0, "blocks": 0, "head": "cpu"}\n' >devmap/tied-split.json
+printf '{"emb": 0, "blocks": 0, "\xff\xfe": 0}\n' >devmap/bad-utf8.json
+: >devmap/empty.json
+
+# ---- --max-memory specs (bmplan plan), one per file ------------------------------
+mm() { printf '%s' "$2" >"maxmem/$1.txt"; }
+mm negative '0=-1GB'
+mm huge '0=1e400GB'
+mm infinite '0=infGB'
+mm nan '0=NaNGB'
+mm cuda-key 'cuda:0=5GB'
+mm unit-unknown '0=5XB'
+mm device-huge '99999999999999999999=1GB'
+mm empty-item '0=1GB,,cpu=2GB'
+mm no-size 'cpu'
+mm long "$(rep 0 10240)=1GB"
+printf '{"0": "-1GB", "cpu": "2GB"}\n' >maxmem/budgets-negative.json
+{ printf '{"0": '; rep '[' 100000; rep ']' 100000; printf '}\n'; } >maxmem/budgets-nested.json
+printf '{"0": 1.5e400, "cpu": "2GB"}\n' >maxmem/budgets-float.json
+
+# ---- --max-shard-size values (bmplan shard), one per file ------------------------
+ms() { printf '%s' "$2" >"maxshard/$1.txt"; }
+ms zero '0'
+ms negative '-1GB'
+ms huge '1e400GB'
+ms fraction-bytes '1.5'
+ms unit-unknown '5XB'
+ms hex '0x10MB'
+ms nan 'nanGB'
+
+echo "generated: $(find st index graph hf offload bin devmap maxmem maxshard -type f | wc -l) files"

@@ -23,8 +23,9 @@ n=0 skipped=0 checked=0 missing=""
 while IFS= read -r line; do
     case $line in ''|'#'*) continue ;; esac
     n=$((n + 1))
-    IFS='|' read -r path cmd want words <<<"$line"
+    IFS='|' read -r path cmd want words nlines <<<"$line"
     path=$(trim "$path"); cmd=$(trim "$cmd"); want=$(trim "$want"); words=$(trim "$words")
+    nlines=$(trim "${nlines:-1}")
     file=$BAD/$path
     read -r -a argv <<<"$cmd"
     if ! built "${argv[0]}"; then
@@ -35,12 +36,9 @@ while IFS= read -r line; do
     out=$outp/out
     args=()
     for a in "${argv[@]}"; do
-        case $a in
-            '{}') args+=("$file") ;;
-            '{out}') args+=("$out") ;;
-            '{text}') args+=("$(cat "$file")") ;;
-            *) args+=("${a//\{out\}/$out}") ;;
-        esac
+        if [ "$a" = '{text}' ]; then args+=("$(cat "$file")"); continue; fi
+        a=${a//\{out\}/$out}; a=${a//\{bad\}/$BAD}; a=${a//\{\}/$file}
+        args+=("$a")
     done
     before=$(digest "$file")
     meter=()
@@ -52,7 +50,7 @@ while IFS= read -r line; do
     [ "$rc" -eq 137 ] && problems="$problems (killed after ${limit}s)"
     [ -s "$T/out" ] && problems="$problems; wrote to stdout"
     lines=$(wc -l <"$T/err")
-    [ "$lines" -eq 1 ] || problems="$problems; $lines lines on stderr"
+    [ "$lines" -eq "$nlines" ] || problems="$problems; $lines lines on stderr, wanted $nlines"
     grep -q "^bmplan ${argv[0]}: " "$T/err" || problems="$problems; message lacks 'bmplan ${argv[0]}: '"
     IFS=';' read -r -a wl <<<"$words"
     for w in "${wl[@]}"; do
