@@ -232,12 +232,20 @@ limits_test() {
     # a file-size limit below the output size (ulimit -f counts KiB)
     local s
     for s in fresh replace; do
+        if [ "$FSIZE" = 0 ] && [ -n "${BMPLAN_WRAPPER:-}" ]; then
+            echo "skipped: a 0 KiB file-size limit for $kind (the wrapper cannot start under it)"
+            break
+        fi
         local p=$d/ulimit-$s force=(); mkdir -p "$p"
         local want=absent
         cmd_for "$kind" "$SRC" "$p/out"
         if [ $s = replace ]; then cp -a "$T/$kind/ref-old/out" "$p/out"; force=("${FORCE[@]}"); want=$old; fi
         # (stderr through a pipe: the limit applies to files it writes too)
-        (ulimit -f "$FSIZE"; exec "$BMPLAN" "${CMD[@]}" "${force[@]}") 2>&1 >/dev/null | cat >"$T/err"
+        # (a wrapper such as valgrind writes files of its own first: it gets
+        # the signal ignored for it; bmplan must ignore it by itself, as the
+        # plain and sanitizer runs check)
+        (ulimit -f "$FSIZE"; [ -n "${BMPLAN_WRAPPER:-}" ] && trap '' XFSZ
+         exec "$BMPLAN" "${CMD[@]}" "${force[@]}") 2>&1 >/dev/null | cat >"$T/err"
         fail_check "$kind $s: a $FSIZE KiB file-size limit" "$p" "$want" "${PIPESTATUS[0]}"
         grep -q -i -e 'too large' -e 'space' -e 'limit' "$T/err" &&
             ok "$kind $s: the message says why" || notok "$kind $s: no reason in '$(head -c 200 "$T/err")'"
@@ -268,7 +276,7 @@ limits_test() {
     # or a quota at a write or a creation, an I/O error at a sync, a failed
     # rename, in a fresh and in a replacing run
     [ $have_strace = 1 ] || { echo "skipped: injected write failures (strace cannot run here)"; return; }
-    [ -z "${BMPLAN_WRAPPER:-}" ] || { echo "skipped: injected write failures (under $BMPLAN_WRAPPER)"; return; }
+    [ -z "${BMPLAN_WRAPPER:-}" ] || { echo "skipped: injected write failures (under ${BMPLAN_WRAPPER%% *})"; return; }
     local injected=0
     for s in fresh replace; do
         local log=$T/$kind/trace-$s/log
@@ -341,7 +349,7 @@ for kind in graph shard offload; do
         continue
     fi
     if [ -n "${BMPLAN_WRAPPER:-}" ]; then
-        echo "skipped: SIGKILL points of bmplan $kind (under $BMPLAN_WRAPPER)"
+        echo "skipped: SIGKILL points of bmplan $kind (under ${BMPLAN_WRAPPER%% *})"
         mkdir -p "$T/$kind/ref-new" "$T/$kind/ref-old"
         cmd_for "$kind" "$SRC" "$T/$kind/ref-new/out"; "$REAL" "${CMD[@]}" >/dev/null 2>&1
         cmd_for "$kind" "$T/in2/model.safetensors" "$T/$kind/ref-old/out"; "$REAL" "${CMD[@]}" >/dev/null 2>&1
