@@ -11,11 +11,12 @@
 
 static const char *const usage[] = {
     "MODEL --device-map FILE [--max-memory SPEC]... [--dtype DTYPE]",
-    "[--graph FILE] [--checkpoint PATH] --device-map FILE [--max-memory SPEC]...",
+    "--graph FILE [--checkpoint PATH] --device-map FILE [--max-memory SPEC]...",
     NULL,
 };
 
 static const char description[] =
+    "MODEL is a graph file, a model folder or a checkpoint, as for bmplan plan.\n"
     "Checks that every parameter and persistent buffer of MODEL gets exactly one\n"
     "device, that every key names a module or tensor of the model, that tied\n"
     "parameters share a device and, with --max-memory, that no device receives\n"

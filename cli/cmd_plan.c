@@ -11,13 +11,15 @@
 #include <unistd.h>
 
 static const char *const usage[] = {
-    "[MODEL] [--graph FILE] [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
+    "MODEL --max-memory SPEC... [OPTIONS]",
+    "--graph FILE [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
     NULL,
 };
 
 static const char description[] =
-    "MODEL is a graph file or a model folder (config.json + checkpoint); with a\n"
-    "checkpoint, sizes and dtypes come from its tensors. SPEC is DEVICE=SIZE[,...]\n"
+    "MODEL is a graph file, a model folder (config.json + checkpoint) or a\n"
+    "checkpoint (a .safetensors or .bin file, an index.json); with a checkpoint,\n"
+    "sizes and dtypes come from its tensors. SPEC is DEVICE=SIZE[,...]\n"
     "with DEVICE a GPU id, mps, cpu or disk and SIZE like 10GiB, 5GB or a number of\n"
     "bytes, or @FILE.json holding accelerate's max_memory dict. The device map is\n"
     "printed as JSON (GPU ids as integers) for from_pretrained(device_map=...).\n"
