@@ -360,6 +360,7 @@ char *bm_path_join(const char *dir, const char *name);
 /* The other modules' public headers (one line each). */
 #include "checkpoint.h"
 #include "convert.h"
+#include "estimate.h"
 #include "safetensors.h"
 #include "graph.h"
 #include "hfconfig.h"

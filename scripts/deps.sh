@@ -2,7 +2,7 @@
 # Install the Debian packages bmplan needs to build and test, when missing.
 # As root it runs apt-get; otherwise it prints the command to run.
 set -eu
-pkgs="libjansson-dev libyaml-dev libzstd-dev check pkg-config libopenblas-dev zstd"
+pkgs="libjansson-dev libyaml-dev libzstd-dev check pkg-config libopenblas-dev zstd jq"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
