@@ -16,11 +16,12 @@ static const char *const usage[] = {
 };
 
 static const char description[] =
-    "MODEL is a graph file, a model folder or a checkpoint, as for bmplan plan.\n"
-    "Checks that every parameter and persistent buffer of MODEL gets exactly one\n"
-    "device, that every key names a module or tensor of the model, that tied\n"
-    "parameters share a device and, with --max-memory, that no device receives\n"
-    "more than its budget (disk is never limited). Prints the bytes per device.";
+    "MODEL is a graph file, a config.json, a model folder or a checkpoint, as for\n"
+    "bmplan plan. Checks that every parameter and persistent buffer of MODEL gets\n"
+    "exactly one device, that every key names a module or tensor of the model,\n"
+    "that tied parameters share a device and, with --max-memory, that no device\n"
+    "receives more than its budget (disk is never limited). Prints the bytes per\n"
+    "device.";
 
 int cmd_check(int argc, char **argv)
 {

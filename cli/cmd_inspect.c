@@ -16,9 +16,10 @@ static const char *const usage[] = {
 };
 
 static const char description[] =
-    "PATH is a graph file, a .safetensors or .bin file, an index.json, or a\n"
-    "Hugging Face model folder. Sizes follow accelerate's compute_module_sizes\n"
-    "(non-persistent buffers included, tied names counted once).";
+    "PATH is a graph file, a Hugging Face config.json, a .safetensors or .bin\n"
+    "file, an index.json, or a Hugging Face model folder. Sizes follow\n"
+    "accelerate's compute_module_sizes (non-persistent buffers included, tied\n"
+    "names counted once).";
 
 struct dtype_total {
     uint64_t tensors, elements, bits;
