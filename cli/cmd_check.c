@@ -12,6 +12,7 @@
 static const char *const usage[] = {
     "MODEL --device-map FILE [--max-memory SPEC]... [--dtype DTYPE]",
     "--graph FILE [--checkpoint PATH] --device-map FILE [--max-memory SPEC]...",
+    "--checkpoint PATH --device-map FILE [--max-memory SPEC]...",
     NULL,
 };
 
@@ -56,8 +57,8 @@ int cmd_check(int argc, char **argv)
         rc = cli_usage_error("check", "expected at most one MODEL, got %d", npos);
         goto done;
     }
-    if (npos == 0 && !graph) {
-        rc = cli_usage_error("check", "missing MODEL (or --graph FILE)");
+    if (npos == 0 && !graph && !checkpoint) {
+        rc = cli_usage_error("check", "missing MODEL (or --graph FILE or --checkpoint PATH)");
         goto done;
     }
     if (!map_path) {

@@ -13,6 +13,7 @@
 static const char *const usage[] = {
     "MODEL --max-memory SPEC... [OPTIONS]",
     "--graph FILE [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
+    "--checkpoint PATH --max-memory SPEC... [OPTIONS]",
     NULL,
 };
 
@@ -128,8 +129,8 @@ int cmd_plan(int argc, char **argv)
         rc = cli_usage_error("plan", "expected at most one MODEL, got %d", npos);
         goto done_lists;
     }
-    if (npos == 0 && !graph) {
-        rc = cli_usage_error("plan", "missing MODEL (or --graph FILE)");
+    if (npos == 0 && !graph && !checkpoint) {
+        rc = cli_usage_error("plan", "missing MODEL (or --graph FILE or --checkpoint PATH)");
         goto done_lists;
     }
     if (!parse_compat(compat_s, &compat)) {

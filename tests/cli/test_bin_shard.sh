@@ -155,4 +155,7 @@ else notok "inspect: $(head -c 400 "$T/out")"; fi
 
 after=$(cd "$F" && find . -type f | sort | xargs sha256sum | sha256sum)
 if [ "$before" = "$after" ]; then ok "the fixtures are untouched"; else notok "a fixture changed"; fi
+# --checkpoint alone names the model too
+expect_rc 0 "plan --checkpoint .bin" -- "$BMPLAN" plan --checkpoint "$F/module.bin" --max-memory 0=299,cpu=1GB
+if python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))=={"0":0,"1":0,"2":"cpu","3":"cpu"}' "$T/out"; then ok "plan --checkpoint map"; else notok "plan --checkpoint map: $(cat "$T/out")"; fi
 finish
