@@ -12,6 +12,8 @@ CC       ?= gcc
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 PKGS     := jansson yaml-0.1 libzstd
 CUDA     ?= $(if $(NVCC),1,0)
+# V=1 shows the full commands
+Q        := $(if $(V),,@)
 
 ifeq ($(SANITIZE),1)
 BUILD    ?= build/san
@@ -67,15 +69,15 @@ check-deps:
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 
 $(BUILD)/libbmplan.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@
-	ar rcs $@ $^
+	@rm -f $@
+	$(Q)ar rcs $@ $^
 
 $(BUILD)/bmplan: $(CLI_OBJ) $(BUILD)/libbmplan.a
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libbmplan.a $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libbmplan.a $(LDLIBS)
 
 $(BUILD)/bmrun: $(BUILD)/bmplan
 	ln -f $< $@
@@ -86,7 +88,7 @@ $(CUDA_LIB): $(CUDA_SRC) $(wildcard lib/cuda/*.h) lib/bmplan.h
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libbmplan.a $(TEST_SUPPORT_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(TEST_SUPPORT_OBJ) $(BUILD)/libbmplan.a \
+	$(Q)$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(TEST_SUPPORT_OBJ) $(BUILD)/libbmplan.a \
 	    $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
 test: all $(TEST_BIN)

@@ -9,6 +9,7 @@
 
 /* One line per subcommand; `bmplan --help` lists them in this order. */
 const cli_command cli_commands[] = {
+    {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
     {NULL, NULL, NULL},
 };
 

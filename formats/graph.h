@@ -15,6 +15,12 @@ typedef enum bm_graph_format {
 
 /* Largest graph file accepted (bytes). */
 #define BM_GRAPH_MAX_BYTES (256u << 20)
+/* Limits that keep hostile input from exhausting memory or the stack:
+ * nesting of mappings and lists, values (scalars, lists, mappings and keys)
+ * in one file, and modules + tensors once every `repeat` is expanded. */
+#define BM_GRAPH_MAX_DEPTH 200
+#define BM_GRAPH_MAX_NODES (1u << 25)
+#define BM_GRAPH_MAX_ENTRIES 4000000u
 
 /* Load a graph file; the syntax is chosen by content (a JSON document
  * starts with '{' after whitespace), so the extension does not matter.
@@ -29,9 +35,14 @@ bm_status bm_graph_parse_yaml(const char *data, size_t len, const char *source,
 bm_status bm_graph_parse_json(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err);
 
-/* Serialize a finished tree. Identical subtrees under children named
- * "0".."N-1" are written as repeat/template, so that writing a parsed file
- * gives back the same structure. The result is malloc'd, NUL-terminated. */
+/* Serialize a finished tree: format, name, arch, config, dtype,
+ * no_split_modules, tied, root, in that order (unset or empty ones are left
+ * out). A tensor is a bare shape list when it has the tree's default dtype
+ * and is a parameter or a persistent buffer, else {shape, dtype[,
+ * persistent]}. Identical subtrees under children named "0".."N-1" (N >= 2)
+ * are written as repeat/template. Output is deterministic: writing a tree
+ * read back from either syntax gives the same bytes. The result is malloc'd
+ * and NUL-terminated; *len (may be NULL) excludes the NUL. */
 bm_status bm_graph_write(const bm_tree *tree, bm_graph_format fmt, char **out,
                          size_t *len, bm_error *err);
 

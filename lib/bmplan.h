@@ -301,6 +301,17 @@ bm_status bm_tree_sizes(const bm_tree *tree, const bm_size_opts *opts,
  * override), aliases 0. Sum over the tree = checkpoint payload. */
 uint64_t bm_tensor_storage_bytes(const bm_tensor *t);
 
+/* accelerate's get_max_layer_size over the root's initial work list (its
+ * parameters, children, buffers; root-level tensors count as layers): a
+ * layer is a tensor, a module without children, or a module whose class is
+ * in no_split. Fills *bits with the largest layer size and names[0..*n) with
+ * the module/tensor indices that have it (modules >= 0, tensors encoded as
+ * -2 - index), in traversal order; `names` may be NULL. */
+bm_status bm_tree_largest_layer(const bm_tree *tree, const uint64_t *module_bits,
+                                const uint64_t *tensor_bits, char *const *no_split,
+                                int n_no_split, uint64_t *bits, int32_t *names,
+                                int32_t *n, int32_t cap, bm_error *err);
+
 /* Does module `m`'s class appear in the list? */
 bool bm_class_in(const char *cls, char *const *list, int n);
 
@@ -345,6 +356,7 @@ char *bm_path_join(const char *dir, const char *name);
 
 /* The other modules' public headers (one line each). */
 #include "checkpoint.h"
+#include "safetensors.h"
 #include "graph.h"
 #include "hfconfig.h"
 #include "model.h"

@@ -16,6 +16,13 @@ typedef struct bm_model {
     /* name prefix the checkpoint omits relative to the tree ("model.",
      * "transformer.") or "" when names match as they are */
     char *ckpt_prefix;
+    /* tree tensor -> checkpoint tensor (BM_NONE: not in the checkpoint) */
+    int32_t *ckpt_index;
+    /* checkpoint tensors that the tree does not have (ignored, as
+     * transformers ignores unexpected keys; commands may warn) */
+    int32_t n_unexpected;
+    const char *first_unexpected;
+    bool tree_from_checkpoint;
 } bm_model;
 
 typedef struct bm_model_opts {

@@ -604,3 +604,68 @@ bm_status bm_tree_sizes(const bm_tree *tree, const bm_size_opts *opts,
         }
     return BM_OK;
 }
+
+/* get_max_layer_size (spec §2.3) on the initial queue. Depth-first with an
+ * explicit stack; children are visited in order, the module's own direct
+ * tensors are not examined when descending (accelerate's quirk). */
+bm_status bm_tree_largest_layer(const bm_tree *tree, const uint64_t *module_bits,
+                                const uint64_t *tensor_bits, char *const *no_split,
+                                int n_no_split, uint64_t *bits, int32_t *names,
+                                int32_t *n, int32_t cap, bm_error *err)
+{
+    *bits = 0;
+    *n = 0;
+    if (tree->n_modules == 0)
+        return BM_OK;
+    int32_t *stack = malloc((size_t)tree->n_modules * sizeof *stack);
+    if (!stack)
+        return nomem(err);
+    uint64_t best = 0;
+    int32_t count = 0;
+#define CONSIDER(size, code)                                                  \
+    do {                                                                      \
+        if ((size) > best || count == 0) {                                    \
+            best = (size);                                                    \
+            count = 0;                                                        \
+        }                                                                     \
+        if ((size) == best) {                                                 \
+            if (names && count < cap)                                         \
+                names[count] = (code);                                        \
+            count++;                                                          \
+        }                                                                     \
+    } while (0)
+    const bm_module *root = &tree->modules[0];
+    for (int32_t k = 0; k < root->n_params; k++)
+        CONSIDER(tensor_bits[root->tensor_begin + k], -2 - (root->tensor_begin + k));
+    /* children of the root, each explored depth-first in order */
+    for (int32_t c = root->first_child; c != BM_NONE; c = tree->modules[c].next_sibling) {
+        int32_t sp = 0;
+        stack[sp++] = c;
+        while (sp > 0) {
+            int32_t m = stack[--sp];
+            const bm_module *mod = &tree->modules[m];
+            if (mod->n_children == 0 || bm_class_in(mod->cls, no_split, n_no_split)) {
+                CONSIDER(module_bits[m], m);
+                continue;
+            }
+            /* push children in reverse so the first is visited first */
+            int32_t first = sp;
+            for (int32_t ch = mod->first_child; ch != BM_NONE; ch = tree->modules[ch].next_sibling)
+                stack[sp++] = ch;
+            for (int32_t a = first, b = sp - 1; a < b; a++, b--) {
+                int32_t tmp = stack[a];
+                stack[a] = stack[b];
+                stack[b] = tmp;
+            }
+        }
+    }
+    for (int32_t k = 0; k < root->n_buffers; k++) {
+        int32_t ti = root->tensor_begin + root->n_params + k;
+        CONSIDER(tensor_bits[ti], -2 - ti);
+    }
+#undef CONSIDER
+    free(stack);
+    *bits = best;
+    *n = count;
+    return BM_OK;
+}
