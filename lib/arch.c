@@ -176,9 +176,9 @@ bool arch_cfg_is_null_or_absent(const bm_tree *tree, const char *key)
     return !v || json_is_null(v);
 }
 
-const bm_backend_ops *arch_ops(bm_device *dev) { return bm_backend_get_ops(bm_device_backend(dev)); }
+const bm_backend_ops *arch_ops(bm_dev *dev) { return bm_backend_get_ops(bm_dev_backend(dev)); }
 
-bm_status arch_call1(bm_rt *rt, int32_t m, bm_value *x, bm_device *dev, bm_value **out,
+bm_status arch_call1(bm_rt *rt, int32_t m, bm_value *x, bm_dev *dev, bm_value **out,
                      bm_error *err)
 {
     *out = NULL;
@@ -227,7 +227,7 @@ static bm_status linear_common(bm_rt *rt, int32_t m, bm_call *c, bool kn, bm_err
         return s;
     arch_common *a = arch_state(rt);
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     const bm_tree *tree = bm_rt_tree(rt);
     bm_weight w = {0}, b = {0};
     bool bias = has_tensor(tree, m, "bias");
@@ -245,7 +245,7 @@ static bm_status linear_common(bm_rt *rt, int32_t m, bm_call *c, bool kn, bm_err
     if (s == BM_OK)
         s = bm_value_new(rt, dev, BM_F32, x->rows, N, tree->modules[m].name, &y, err);
     if (s == BM_OK)
-        s = arch_ops(dev)->linear(bm_device_state(dev), y->data, x->data, x->rows, K, N, w.data,
+        s = arch_ops(dev)->linear(bm_dev_state(dev), y->data, x->data, x->rows, K, N, w.data,
                                   w.dtype, kn, bias ? b.data : NULL, a->act, err);
     bm_rt_weight_release(rt, &w);
     bm_rt_weight_release(rt, &b);
@@ -273,7 +273,7 @@ bm_status arch_embedding_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     if (s != BM_OK)
         return s;
     bm_value *ids = c->args[0];
-    bm_device *dev = ids->dev;
+    bm_dev *dev = ids->dev;
     const bm_tree *tree = bm_rt_tree(rt);
     bm_weight w;
     if ((s = bm_rt_weight(rt, m, "weight", dev, &w, err)) != BM_OK)
@@ -284,7 +284,7 @@ bm_status arch_embedding_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     if (s == BM_OK)
         s = bm_value_new(rt, dev, BM_F32, ids->rows, w.shape[1], tree->modules[m].name, &y, err);
     if (s == BM_OK)
-        s = arch_ops(dev)->embed(bm_device_state(dev), y->data, ids->data, ids->rows, w.data,
+        s = arch_ops(dev)->embed(bm_dev_state(dev), y->data, ids->data, ids->rows, w.data,
                                  w.dtype, w.shape[0], w.shape[1], err);
     bm_rt_weight_release(rt, &w);
     if (s != BM_OK) {
@@ -303,7 +303,7 @@ static bm_status norm_common(bm_rt *rt, int32_t m, bm_call *c, bool layer, bm_er
         return s;
     arch_common *a = arch_state(rt);
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     const bm_tree *tree = bm_rt_tree(rt);
     bm_weight w = {0}, b = {0};
     s = bm_rt_weight(rt, m, "weight", dev, &w, err);
@@ -318,10 +318,10 @@ static bm_status norm_common(bm_rt *rt, int32_t m, bm_call *c, bool layer, bm_er
     if (s == BM_OK) {
         const bm_backend_ops *ops = arch_ops(dev);
         if (layer)
-            s = ops->layernorm(bm_device_state(dev), y->data, x->data, x->rows, x->cols, w.data,
+            s = ops->layernorm(bm_dev_state(dev), y->data, x->data, x->rows, x->cols, w.data,
                                b.data, w.dtype, (float)a->eps, a->act, err);
         else
-            s = ops->rmsnorm(bm_device_state(dev), y->data, x->data, x->rows, x->cols, w.data,
+            s = ops->rmsnorm(bm_dev_state(dev), y->data, x->data, x->rows, x->cols, w.data,
                              w.dtype, (float)a->eps, a->act, err);
     }
     bm_rt_weight_release(rt, &w);

@@ -50,11 +50,11 @@ bool arch_cfg_is_null_or_absent(const bm_tree *tree, const char *key);
 
 /* Call module m with one argument; the output is moved onto `dev` if the
  * module's hooks left it elsewhere. */
-bm_status arch_call1(bm_rt *rt, int32_t m, bm_value *x, bm_device *dev, bm_value **out,
+bm_status arch_call1(bm_rt *rt, int32_t m, bm_value *x, bm_dev *dev, bm_value **out,
                      bm_error *err);
 
 /* The backend table and device state for a device. */
-const bm_backend_ops *arch_ops(bm_device *dev);
+const bm_backend_ops *arch_ops(bm_dev *dev);
 
 /* Leaf forwards. */
 bm_status arch_linear_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err);

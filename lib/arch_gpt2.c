@@ -27,7 +27,7 @@ static bm_status lm_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     (void)m;
     gpt2_extra *x = X(rt);
     bm_value *ids = c->args[0];
-    bm_device *dev = ids->dev;
+    bm_dev *dev = ids->dev;
     bm_value *h;
     bm_status s = arch_call1(rt, x->transformer, ids, dev, &h, err);
     if (s != BM_OK)
@@ -49,7 +49,7 @@ static bm_status add_into(bm_rt *rt, bm_value *acc, const bm_value *y, bm_error 
 {
     if (acc->dev != y->dev || acc->rows != y->rows || acc->cols != y->cols)
         return bm_fail(err, BM_E_INTERNAL, "residual add of mismatched activations");
-    return arch_ops(acc->dev)->add(bm_device_state(acc->dev), acc->data, y->data,
+    return arch_ops(acc->dev)->add(bm_dev_state(acc->dev), acc->data, y->data,
                                    acc->rows * acc->cols, arch_state(rt)->act, err);
 }
 
@@ -59,14 +59,14 @@ static bm_status model_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     gpt2_extra *x = X(rt);
     bm_value *ids = c->args[0];
-    bm_device *dev = ids->dev;
+    bm_dev *dev = ids->dev;
     int64_t M = ids->rows, pos0 = bm_rt_position(rt);
     if (pos0 + M > a->max_positions)
         return bm_fail(err, BM_E_INVALID, "%lld positions exceed the model's n_positions %lld",
                        (long long)(pos0 + M), (long long)a->max_positions);
     /* position ids are made on the host and moved where the ids are, as
      * torch.arange(..., device=input_ids.device) does */
-    bm_device *host;
+    bm_dev *host;
     bm_value *pos_host = NULL, *pos = NULL, *h = NULL, *p = NULL;
     bm_status s = bm_rt_device(rt, BM_DEVICE_CPU, &host, err);
     if (s == BM_OK)
@@ -102,7 +102,7 @@ static bm_status block_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const gpt2_block *B = &X(rt)->blk[a->mods[m].layer];
     bm_value *h = c->args[0];
-    bm_device *dev = h->dev;
+    bm_dev *dev = h->dev;
     bm_value *x = NULL, *att = NULL, *x2 = NULL, *mlp = NULL;
     bm_status s = arch_call1(rt, B->ln1, h, dev, &x, err);
     if (s == BM_OK)
@@ -131,9 +131,9 @@ static bm_status attn_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const gpt2_block *B = &X(rt)->blk[a->mods[m].layer];
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     const bm_backend_ops *ops = arch_ops(dev);
-    void *ds = bm_device_state(dev);
+    void *ds = bm_dev_state(dev);
     int64_t M = x->rows, D = a->hidden, pos0 = bm_rt_position(rt);
     bm_value *qkv = NULL, *o = NULL;
     float *kc, *vc;
@@ -163,11 +163,11 @@ static bm_status mlp_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const gpt2_block *B = &X(rt)->blk[a->mods[m].layer];
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     bm_value *h = NULL;
     bm_status s = arch_call1(rt, B->c_fc, x, dev, &h, err);
     if (s == BM_OK)
-        s = arch_ops(dev)->gelu_tanh(bm_device_state(dev), h->data, h->rows * h->cols, a->act,
+        s = arch_ops(dev)->gelu_tanh(bm_dev_state(dev), h->data, h->rows * h->cols, a->act,
                                      err);
     if (s == BM_OK)
         s = arch_call1(rt, B->m_proj, h, dev, &c->out, err);

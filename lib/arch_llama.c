@@ -33,7 +33,7 @@ static bm_status causal_lm_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     (void)m;
     llama_extra *x = X(rt);
     bm_value *ids = c->args[0];
-    bm_device *dev = ids->dev;
+    bm_dev *dev = ids->dev;
     bm_value *h;
     bm_status s = arch_call1(rt, x->ids.model, ids, dev, &h, err);
     if (s != BM_OK)
@@ -58,7 +58,7 @@ static bm_status model_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     llama_extra *x = X(rt);
     bm_value *ids = c->args[0];
-    bm_device *dev = ids->dev;
+    bm_dev *dev = ids->dev;
     bm_value *h;
     bm_status s = arch_call1(rt, x->ids.embed, ids, dev, &h, err);
     for (int64_t l = 0; s == BM_OK && l < a->layers; l++) {
@@ -78,7 +78,7 @@ static bm_status add_into(bm_rt *rt, bm_value *acc, const bm_value *y, bm_error 
 {
     if (acc->dev != y->dev || acc->rows != y->rows || acc->cols != y->cols)
         return bm_fail(err, BM_E_INTERNAL, "residual add of mismatched activations");
-    return arch_ops(acc->dev)->add(bm_device_state(acc->dev), acc->data, y->data,
+    return arch_ops(acc->dev)->add(bm_dev_state(acc->dev), acc->data, y->data,
                                    acc->rows * acc->cols, arch_state(rt)->act, err);
 }
 
@@ -87,7 +87,7 @@ static bm_status layer_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const llama_layer *L = &X(rt)->layer[a->mods[m].layer];
     bm_value *h = c->args[0];
-    bm_device *dev = h->dev;
+    bm_dev *dev = h->dev;
     bm_value *x = NULL, *att = NULL, *x2 = NULL, *mlp = NULL;
     bm_status s = arch_call1(rt, L->ln1, h, dev, &x, err);
     if (s == BM_OK)
@@ -116,9 +116,9 @@ static bm_status attn_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const llama_layer *L = &X(rt)->layer[a->mods[m].layer];
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     const bm_backend_ops *ops = arch_ops(dev);
-    void *ds = bm_device_state(dev);
+    void *ds = bm_dev_state(dev);
     int64_t M = x->rows, pos0 = bm_rt_position(rt);
     int64_t kvw = a->kv_heads * a->head_dim;
     bm_value *q = NULL, *k = NULL, *v = NULL, *o = NULL;
@@ -137,9 +137,9 @@ static bm_status attn_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     if (s == BM_OK)
         s = bm_rt_kv(rt, m, dev, kvw, &kc, &vc, err);
     if (s == BM_OK)
-        s = bm_device_copy(dev, kc + pos0 * kvw, dev, k->data, k->nbytes, err);
+        s = bm_dev_copy(dev, kc + pos0 * kvw, dev, k->data, k->nbytes, err);
     if (s == BM_OK)
-        s = bm_device_copy(dev, vc + pos0 * kvw, dev, v->data, v->nbytes, err);
+        s = bm_dev_copy(dev, vc + pos0 * kvw, dev, v->data, v->nbytes, err);
     bm_value_free(rt, k);
     bm_value_free(rt, v);
     if (s == BM_OK)
@@ -160,13 +160,13 @@ static bm_status mlp_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     arch_common *a = arch_state(rt);
     const llama_layer *L = &X(rt)->layer[a->mods[m].layer];
     bm_value *x = c->args[0];
-    bm_device *dev = x->dev;
+    bm_dev *dev = x->dev;
     bm_value *g = NULL, *u = NULL;
     bm_status s = arch_call1(rt, L->gate, x, dev, &g, err);
     if (s == BM_OK)
         s = arch_call1(rt, L->up, x, dev, &u, err);
     if (s == BM_OK)
-        s = arch_ops(dev)->silu_mul(bm_device_state(dev), g->data, u->data, g->rows * g->cols,
+        s = arch_ops(dev)->silu_mul(bm_dev_state(dev), g->data, u->data, g->rows * g->cols,
                                     a->act, err);
     bm_value_free(rt, u);
     if (s == BM_OK)

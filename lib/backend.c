@@ -17,21 +17,21 @@
 
 #define MAX_DEVICES 64
 
-struct bm_device {
+struct bm_dev {
     bm_backend *be;
     int id;
     void *state;
     char name[32];
     pthread_mutex_t lock;
-    bm_device_stats st;
+    bm_dev_stats st;
 };
 
 struct bm_backend {
     const bm_backend_ops *ops;
     void *state;
     void *dl;                       /* dlopen handle, or NULL */
-    bm_device *cpu;                 /* BM_DEVICE_CPU, when opened */
-    bm_device *devs[MAX_DEVICES];
+    bm_dev *cpu;                 /* BM_DEVICE_CPU, when opened */
+    bm_dev *devs[MAX_DEVICES];
 };
 
 bm_status bm_backend_start(const bm_backend_ops *ops, const bm_backend_config *cfg,
@@ -139,7 +139,7 @@ bm_status bm_backend_load(const char *name, const bm_backend_config *cfg,
     return bm_fail(err, BM_E_INVALID, "unknown backend '%s' (expected cpu or cuda)", name);
 }
 
-static void device_close(bm_device *d)
+static void device_close(bm_dev *d)
 {
     if (!d)
         return;
@@ -164,11 +164,11 @@ void bm_backend_free(bm_backend *be)
 const bm_backend_ops *bm_backend_get_ops(const bm_backend *be) { return be->ops; }
 const char *bm_backend_name(const bm_backend *be) { return be->ops->name; }
 
-bm_status bm_device_open(bm_backend *be, int id, uint64_t capacity, bm_device **out,
+bm_status bm_dev_open(bm_backend *be, int id, uint64_t capacity, bm_dev **out,
                          bm_error *err)
 {
     *out = NULL;
-    bm_device **slot;
+    bm_dev **slot;
     if (id == BM_DEVICE_CPU) {
         slot = &be->cpu;
     } else if (id >= 0 && id < MAX_DEVICES) {
@@ -185,7 +185,7 @@ bm_status bm_device_open(bm_backend *be, int id, uint64_t capacity, bm_device **
         *out = *slot;
         return BM_OK;
     }
-    bm_device *d = calloc(1, sizeof *d);
+    bm_dev *d = calloc(1, sizeof *d);
     if (!d)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     bm_status s = be->ops->device_open(be->state, id, &d->state, err);
@@ -208,19 +208,19 @@ bm_status bm_device_open(bm_backend *be, int id, uint64_t capacity, bm_device **
     return BM_OK;
 }
 
-int bm_device_id(const bm_device *dev) { return dev->id; }
-bm_backend *bm_device_backend(const bm_device *dev) { return dev->be; }
-const char *bm_device_name(const bm_device *dev) { return dev->name; }
-void *bm_device_state(const bm_device *dev) { return dev->state; }
+int bm_dev_id(const bm_dev *dev) { return dev->id; }
+bm_backend *bm_dev_backend(const bm_dev *dev) { return dev->be; }
+const char *bm_dev_name(const bm_dev *dev) { return dev->name; }
+void *bm_dev_state(const bm_dev *dev) { return dev->state; }
 
-void bm_device_get_stats(bm_device *dev, bm_device_stats *st)
+void bm_dev_get_stats(bm_dev *dev, bm_dev_stats *st)
 {
     pthread_mutex_lock(&dev->lock);
     *st = dev->st;
     pthread_mutex_unlock(&dev->lock);
 }
 
-void bm_device_reset_peak(bm_device *dev)
+void bm_dev_reset_peak(bm_dev *dev)
 {
     pthread_mutex_lock(&dev->lock);
     dev->st.peak = dev->st.in_use;
@@ -228,7 +228,7 @@ void bm_device_reset_peak(bm_device *dev)
 }
 
 /* Reserve `size` bytes of capacity; false when it would go over. */
-static bool reserve(bm_device *dev, uint64_t size, uint64_t *in_use)
+static bool reserve(bm_dev *dev, uint64_t size, uint64_t *in_use)
 {
     pthread_mutex_lock(&dev->lock);
     bool ok = size <= dev->st.capacity && dev->st.in_use <= dev->st.capacity - size;
@@ -244,14 +244,14 @@ static bool reserve(bm_device *dev, uint64_t size, uint64_t *in_use)
     return ok;
 }
 
-static void unreserve(bm_device *dev, uint64_t size)
+static void unreserve(bm_dev *dev, uint64_t size)
 {
     pthread_mutex_lock(&dev->lock);
     dev->st.in_use -= size < dev->st.in_use ? size : dev->st.in_use;
     pthread_mutex_unlock(&dev->lock);
 }
 
-bm_status bm_device_alloc(bm_device *dev, uint64_t size, const char *what, void **ptr,
+bm_status bm_dev_alloc(bm_dev *dev, uint64_t size, const char *what, void **ptr,
                           bm_error *err)
 {
     *ptr = NULL;
@@ -273,7 +273,7 @@ bm_status bm_device_alloc(bm_device *dev, uint64_t size, const char *what, void 
     return BM_OK;
 }
 
-bool bm_device_try_alloc(bm_device *dev, uint64_t size, void **ptr)
+bool bm_dev_try_alloc(bm_dev *dev, uint64_t size, void **ptr)
 {
     *ptr = NULL;
     if (!reserve(dev, size, NULL))
@@ -286,7 +286,7 @@ bool bm_device_try_alloc(bm_device *dev, uint64_t size, void **ptr)
     return true;
 }
 
-void bm_device_free(bm_device *dev, void *ptr, uint64_t size)
+void bm_dev_free(bm_dev *dev, void *ptr, uint64_t size)
 {
     if (!ptr)
         return;
@@ -294,33 +294,33 @@ void bm_device_free(bm_device *dev, void *ptr, uint64_t size)
     unreserve(dev, size);
 }
 
-static void count(bm_device *dev, uint64_t *field, uint64_t n)
+static void count(bm_dev *dev, uint64_t *field, uint64_t n)
 {
     pthread_mutex_lock(&dev->lock);
     *field += n;
     pthread_mutex_unlock(&dev->lock);
 }
 
-bm_status bm_device_upload(bm_device *dev, void *dst, const void *src, uint64_t n,
+bm_status bm_dev_upload(bm_dev *dev, void *dst, const void *src, uint64_t n,
                            bm_error *err)
 {
     count(dev, &dev->st.bytes_in, n);
     return dev->be->ops->upload(dev->state, dst, src, n, err);
 }
 
-void bm_device_note_upload(bm_device *dev, uint64_t n)
+void bm_dev_note_upload(bm_dev *dev, uint64_t n)
 {
     count(dev, &dev->st.bytes_in, n);
 }
 
-bm_status bm_device_download(bm_device *dev, void *dst, const void *src, uint64_t n,
+bm_status bm_dev_download(bm_dev *dev, void *dst, const void *src, uint64_t n,
                              bm_error *err)
 {
     count(dev, &dev->st.bytes_out, n);
     return dev->be->ops->download(dev->state, dst, src, n, err);
 }
 
-bm_status bm_device_copy(bm_device *dst_dev, void *dst, bm_device *src_dev,
+bm_status bm_dev_copy(bm_dev *dst_dev, void *dst, bm_dev *src_dev,
                          const void *src, uint64_t n, bm_error *err)
 {
     if (dst_dev->be == src_dev->be) {
@@ -331,16 +331,16 @@ bm_status bm_device_copy(bm_device *dst_dev, void *dst, bm_device *src_dev,
     /* Across backends: the host device of the CPU backend is plain memory,
      * so one side is always a host pointer. */
     if (strcmp(src_dev->be->ops->name, "cpu") == 0 && src_dev->id == BM_DEVICE_CPU)
-        return bm_device_upload(dst_dev, dst, src, n, err);
+        return bm_dev_upload(dst_dev, dst, src, n, err);
     if (strcmp(dst_dev->be->ops->name, "cpu") == 0 && dst_dev->id == BM_DEVICE_CPU)
-        return bm_device_download(src_dev, dst, src, n, err);
+        return bm_dev_download(src_dev, dst, src, n, err);
     void *bounce = malloc(n ? n : 1);
     if (!bounce)
         return bm_fail(err, BM_E_NOMEM, "out of memory for a %llu-byte transfer",
                        (unsigned long long)n);
-    bm_status s = bm_device_download(src_dev, bounce, src, n, err);
+    bm_status s = bm_dev_download(src_dev, bounce, src, n, err);
     if (s == BM_OK)
-        s = bm_device_upload(dst_dev, dst, bounce, n, err);
+        s = bm_dev_upload(dst_dev, dst, bounce, n, err);
     free(bounce);
     return s;
 }

@@ -646,9 +646,15 @@ static void elem_task(void *ctx, int64_t t, int worker)
         break;
     case OP_GELU:
         for (int64_t i = t * ELEM_BLOCK; i < end; i++) {
-            float v = x[i];
+            /* transformers' NewGELUActivation, one PyTorch operation at a
+             * time: in bf16/f16 each intermediate is rounded */
             const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-            x[i] = rnd(0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * (v * v * v)))), j->act);
+            bm_dtype a = j->act;
+            float v = x[i];
+            float cube = rnd(v * v * v, a);
+            float inner = rnd(v + rnd(0.044715f * cube, a), a);
+            float th = rnd(tanhf(rnd(k * inner, a)), a);
+            x[i] = rnd(rnd(0.5f * v, a) * rnd(1.0f + th, a), a);
         }
         break;
     default:

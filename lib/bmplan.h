@@ -361,4 +361,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "hfconfig.h"
 #include "model.h"
 
+#include "runner.h"
+
 #endif /* BMPLAN_H */

@@ -13,7 +13,7 @@
  * BM_DEVICE_CPU is host memory. The CPU backend serves GPU ids as "virtual
  * devices": separate arenas in host memory whose capacity is that GPU's
  * budget, so placement, transfers and per-device peaks are real and testable
- * without a GPU. Capacity is enforced by this layer (bm_device_alloc), the
+ * without a GPU. Capacity is enforced by this layer (bm_dev_alloc), the
  * same way for every backend: going over is an error, never silent.
  *
  * Data conventions for the operations: activations are float32, row-major
@@ -24,10 +24,12 @@
  * follows PyTorch's bf16 numerics closely; BM_F32 means no rounding.
  * Every operation must give the same bits whatever the number of threads.
  */
+/* Included before the guard: bmplan.h includes this header at its end. */
+#include "bmplan.h"
+
 #ifndef BM_DEVICE_H
 #define BM_DEVICE_H
 
-#include "bmplan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -138,10 +140,10 @@ typedef const bm_backend_ops *(*bm_backend_entry_fn)(bm_error *err);
  * ------------------------------------------------------------------------ */
 
 typedef struct bm_backend bm_backend;
-typedef struct bm_device bm_device;
+typedef struct bm_dev bm_dev;
 
 /* Per-device accounting, in bytes. */
-typedef struct bm_device_stats {
+typedef struct bm_dev_stats {
     uint64_t capacity;      /* UINT64_MAX = unlimited */
     uint64_t in_use;
     uint64_t peak;
@@ -149,7 +151,7 @@ typedef struct bm_device_stats {
     uint64_t bytes_in;      /* host -> device */
     uint64_t bytes_out;     /* device -> host */
     uint64_t bytes_peer_in; /* from another device of the same backend */
-} bm_device_stats;
+} bm_dev_stats;
 
 /* The built-in CPU backend's table. */
 const bm_backend_ops *bm_backend_cpu_ops(void);
@@ -170,40 +172,40 @@ const char *bm_backend_name(const bm_backend *be);
  * capacity in bytes (UINT64_MAX = unlimited). The device belongs to the
  * backend and is closed by bm_backend_free. Opening an id twice returns
  * the same device. */
-bm_status bm_device_open(bm_backend *be, int id, uint64_t capacity, bm_device **out,
+bm_status bm_dev_open(bm_backend *be, int id, uint64_t capacity, bm_dev **out,
                          bm_error *err);
-int bm_device_id(const bm_device *dev);
-bm_backend *bm_device_backend(const bm_device *dev);
+int bm_dev_id(const bm_dev *dev);
+bm_backend *bm_dev_backend(const bm_dev *dev);
 /* "cuda:0", "vgpu:0" (CPU backend's virtual GPU), "cpu". */
-const char *bm_device_name(const bm_device *dev);
-void bm_device_get_stats(bm_device *dev, bm_device_stats *st);
-void bm_device_reset_peak(bm_device *dev);
+const char *bm_dev_name(const bm_dev *dev);
+void bm_dev_get_stats(bm_dev *dev, bm_dev_stats *st);
+void bm_dev_reset_peak(bm_dev *dev);
 /* The backend's own device state (what the ops take). */
-void *bm_device_state(const bm_device *dev);
+void *bm_dev_state(const bm_dev *dev);
 
 /* Allocate `size` bytes on the device, counted against its capacity.
  * Going over capacity is BM_E_NOFIT: "vgpu:1: out of memory: 1.50 MiB
  * requested for WHAT, 3.00 MiB in use, budget 4.00 MiB". `what` names the
  * allocation in that message. try_alloc returns false instead of failing
  * when over capacity (used by the prefetcher). */
-bm_status bm_device_alloc(bm_device *dev, uint64_t size, const char *what, void **ptr,
+bm_status bm_dev_alloc(bm_dev *dev, uint64_t size, const char *what, void **ptr,
                           bm_error *err);
-bool bm_device_try_alloc(bm_device *dev, uint64_t size, void **ptr);
-void bm_device_free(bm_device *dev, void *ptr, uint64_t size);
+bool bm_dev_try_alloc(bm_dev *dev, uint64_t size, void **ptr);
+void bm_dev_free(bm_dev *dev, void *ptr, uint64_t size);
 
 /* Copies with accounting. Host memory is plain memory. */
-bm_status bm_device_upload(bm_device *dev, void *dst, const void *src, uint64_t n,
+bm_status bm_dev_upload(bm_dev *dev, void *dst, const void *src, uint64_t n,
                            bm_error *err);
-bm_status bm_device_download(bm_device *dev, void *dst, const void *src, uint64_t n,
+bm_status bm_dev_download(bm_dev *dev, void *dst, const void *src, uint64_t n,
                              bm_error *err);
 /* Between any two devices (same backend: a peer copy; different backends:
  * through a host bounce buffer). */
-bm_status bm_device_copy(bm_device *dst_dev, void *dst, bm_device *src_dev,
+bm_status bm_dev_copy(bm_dev *dst_dev, void *dst, bm_dev *src_dev,
                          const void *src, uint64_t n, bm_error *err);
 
 /* Count a host -> device transfer made by writing device memory directly
  * (host-addressable backends read files straight into device buffers). */
-void bm_device_note_upload(bm_device *dev, uint64_t n);
+void bm_dev_note_upload(bm_dev *dev, uint64_t n);
 
 /* Element conversion helpers shared by backends and weight loading:
  * float32 <-> bfloat16 / float16 with round-to-nearest-even (NaN kept). */

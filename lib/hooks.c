@@ -227,7 +227,7 @@ typedef struct moved_args {
     bm_value *copy[BM_CALL_MAX_ARGS];
 } moved_args;
 
-static bm_status move_args(bm_rt *rt, bm_call *c, bm_device *dev, moved_args *mv, bm_error *err)
+static bm_status move_args(bm_rt *rt, bm_call *c, bm_dev *dev, moved_args *mv, bm_error *err)
 {
     for (int i = 0; i < c->nargs; i++) {
         mv->orig[i] = mv->copy[i] = NULL;
@@ -265,14 +265,14 @@ typedef struct align_state {
     int32_t module;
     /* its tensors and the device each was on at init (NULL = meta) */
     int32_t *tensors;
-    bm_device **orig;
+    bm_dev **orig;
     int n_tensors;
     /* the offloaded ones and the names they have in weights_map */
     int32_t *off;
     char **off_names;
     int n_off;
     bool *fetched;
-    bm_device *input_dev;
+    bm_dev *input_dev;
     moved_args mv;
 } align_state;
 
@@ -335,7 +335,7 @@ static bm_status align_init(bm_hook *h, bm_rt *rt, int32_t m, bm_error *err)
     }
     if (s->o.execution_device == BM_DEVICE_NONE)
         return BM_OK;
-    bm_device *exec;
+    bm_dev *exec;
     bm_status st = bm_rt_device(rt, s->o.execution_device, &exec, err);
     if (st != BM_OK)
         return st;
@@ -418,7 +418,7 @@ static bm_status align_pre(bm_hook *h, bm_rt *rt, int32_t m, bm_call *c, bm_erro
     }
     if (s->o.execution_device == BM_DEVICE_NONE)
         return BM_OK;
-    bm_device *exec;
+    bm_dev *exec;
     bm_status st = bm_rt_device(rt, s->o.execution_device, &exec, err);
     if (st != BM_OK)
         return st;
@@ -468,7 +468,7 @@ static void align_detach(bm_hook *h, bm_rt *rt, int32_t m)
     /* each tensor that was somewhere at init goes back there */
     for (int i = 0; i < s->n_off; i++) {
         int32_t ti = s->off[i];
-        bm_device *dev = NULL;
+        bm_dev *dev = NULL;
         for (int j = 0; j < s->n_tensors; j++)
             if (s->tensors[j] == ti)
                 dev = s->orig[j];
@@ -520,7 +520,7 @@ static int align_targets(const bm_hook *h, bm_rt *rt, int32_t m, bm_fetch_target
     (void)m;
     if (!s->o.offload || !s->o.weights_map || s->o.execution_device == BM_DEVICE_NONE)
         return 0;
-    bm_device *exec;
+    bm_dev *exec;
     if (bm_rt_device(rt, s->o.execution_device, &exec, NULL) != BM_OK)
         return 0;
     int n = 0;
@@ -920,7 +920,7 @@ typedef struct cpu_offload_state {
 
 static bm_status model_to(bm_rt *rt, int id, bm_error *err)
 {
-    bm_device *dev;
+    bm_dev *dev;
     bm_status s = bm_rt_device(rt, id, &dev, err);
     if (s == BM_OK)
         s = bm_rt_module_to(rt, 0, dev, true, err);
@@ -934,7 +934,7 @@ static bm_status cpuoff_init(bm_hook *h, bm_rt *rt, int32_t m, bm_error *err)
     return model_to(rt, BM_DEVICE_CPU, err);
 }
 
-static bm_device *first_param_device(bm_rt *rt)
+static bm_dev *first_param_device(bm_rt *rt)
 {
     const bm_tree *tree = bm_rt_tree(rt);
     for (int32_t ti = 0; ti < tree->n_tensors; ti++)
@@ -949,14 +949,14 @@ static bm_status cpuoff_pre(bm_hook *h, bm_rt *rt, int32_t m, bm_call *c, bm_err
     (void)m;
     bm_status st;
     if (s->prev && s->prev->attached) {
-        bm_device *pd = first_param_device(s->prev->rt);
-        if (!pd || bm_device_id(pd) != BM_DEVICE_CPU) {
+        bm_dev *pd = first_param_device(s->prev->rt);
+        if (!pd || bm_dev_id(pd) != BM_DEVICE_CPU) {
             st = bm_user_offload_hook_offload(s->prev, err);
             if (st != BM_OK)
                 return st;
         }
     }
-    bm_device *dev;
+    bm_dev *dev;
     if ((st = bm_rt_device(rt, s->device, &dev, err)) != BM_OK)
         return st;
     if (first_param_device(rt) != dev && (st = bm_rt_module_to(rt, 0, dev, true, err)) != BM_OK)

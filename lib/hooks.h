@@ -7,10 +7,12 @@
  * runner's dispatch (bm_dispatch_model) is built from these, so a device
  * map runs through exactly the mechanism a user program would use.
  */
+/* Included before the guard: bmplan.h includes this header at its end. */
+#include "runtime.h"
+
 #ifndef BM_HOOKS_H
 #define BM_HOOKS_H
 
-#include "runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -20,7 +22,7 @@ extern "C" {
  * this to fetch ahead of the call. */
 typedef struct bm_fetch_target {
     int32_t tensor;      /* tree tensor index */
-    bm_device *dev;      /* where it will be needed */
+    bm_dev *dev;      /* where it will be needed */
     bm_wsource *src;     /* where it comes from */
     const char *name;    /* the name to look up in src */
 } bm_fetch_target;

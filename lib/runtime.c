@@ -232,7 +232,7 @@ bm_wsource *bm_wsource_chain(bm_wsource *first, bm_wsource *second)
  * ------------------------------------------------------------------------ */
 
 typedef struct block {
-    bm_device *dev;
+    bm_dev *dev;
     void *data;
     uint64_t size;
     int refs;
@@ -250,7 +250,7 @@ typedef struct value_node {
 } value_node;
 
 typedef struct kv_cache {
-    bm_device *dev;
+    bm_dev *dev;
     float *k, *v;
     int64_t cap, width;
     uint64_t bytes;
@@ -258,7 +258,7 @@ typedef struct kv_cache {
 
 typedef struct staged {
     int32_t tensor;
-    bm_device *dev;
+    bm_dev *dev;
     block *b;
     bm_dtype dtype;
     int state; /* 0 loading, 1 ready, 2 failed */
@@ -281,7 +281,7 @@ struct bm_rt {
     const bm_tree *tree;
     bm_rt_opts opts;
     bm_dtype dtype;
-    bm_device *devs[65]; /* [0] = host, [1 + id] = GPU id */
+    bm_dev *devs[65]; /* [0] = host, [1 + id] = GPU id */
     slot *slots;
     pthread_mutex_t slot_mu; /* slots and blocks (the prefetcher reads them) */
     block *blocks;
@@ -384,19 +384,19 @@ void bm_rt_free(bm_rt *rt)
     while (rt->values) {
         value_node *n = rt->values;
         rt->values = n->next;
-        bm_device_free(n->v.dev, n->v.data, n->v.nbytes);
+        bm_dev_free(n->v.dev, n->v.data, n->v.nbytes);
         free(n);
     }
     if (rt->kv)
         for (int32_t m = 0; m < rt->tree->n_modules; m++)
             if (rt->kv[m].dev) {
-                bm_device_free(rt->kv[m].dev, rt->kv[m].k, rt->kv[m].bytes);
-                bm_device_free(rt->kv[m].dev, rt->kv[m].v, rt->kv[m].bytes);
+                bm_dev_free(rt->kv[m].dev, rt->kv[m].k, rt->kv[m].bytes);
+                bm_dev_free(rt->kv[m].dev, rt->kv[m].v, rt->kv[m].bytes);
             }
     while (rt->blocks) {
         block *b = rt->blocks;
         rt->blocks = b->next;
-        bm_device_free(b->dev, b->data, b->size);
+        bm_dev_free(b->dev, b->data, b->size);
         free(b);
     }
     if (rt->arch_free)
@@ -444,14 +444,14 @@ void bm_rt_get_stats(const bm_rt *rt, bm_rt_stats *st)
     pthread_mutex_unlock((pthread_mutex_t *)&rt->stats_mu);
 }
 
-bm_status bm_rt_device(bm_rt *rt, int id, bm_device **out, bm_error *err)
+bm_status bm_rt_device(bm_rt *rt, int id, bm_dev **out, bm_error *err)
 {
     if (id < BM_DEVICE_CPU || id >= 64)
         return bm_fail(err, BM_E_INVALID, "device %d is not a device a module can run on", id);
-    bm_device **slot = &rt->devs[id + 1];
+    bm_dev **slot = &rt->devs[id + 1];
     if (!*slot) {
         bm_backend *be = id == BM_DEVICE_CPU ? rt->opts.host : rt->opts.backend;
-        bm_status s = bm_device_open(be, id, UINT64_MAX, slot, err);
+        bm_status s = bm_dev_open(be, id, UINT64_MAX, slot, err);
         if (s != BM_OK)
             return s;
     }
@@ -461,12 +461,12 @@ bm_status bm_rt_device(bm_rt *rt, int id, bm_device **out, bm_error *err)
 
 bm_status bm_rt_set_capacity(bm_rt *rt, int id, uint64_t capacity, bm_error *err)
 {
-    bm_device *d;
+    bm_dev *d;
     bm_status s = bm_rt_device(rt, id, &d, err);
     if (s != BM_OK)
         return s;
-    bm_backend *be = bm_device_backend(d);
-    return bm_device_open(be, id, capacity, &d, err);
+    bm_backend *be = bm_dev_backend(d);
+    return bm_dev_open(be, id, capacity, &d, err);
 }
 
 void bm_rt_set_main_device(bm_rt *rt, int id) { rt->main_device = id; }
@@ -475,22 +475,22 @@ int64_t bm_rt_position(const bm_rt *rt) { return rt->pos; }
 
 /* ---- prefetch staging: memory pressure ---- */
 
-static void prefetch_evict(bm_rt *rt, bm_device *dev);
+static void prefetch_evict(bm_rt *rt, bm_dev *dev);
 
 /* Allocate on the compute thread: when the device is full because of
  * prefetched weights, drop them and retry, so prefetch can never make a run
  * fail that would succeed without it. */
-static bm_status rt_alloc(bm_rt *rt, bm_device *dev, uint64_t size, const char *what,
+static bm_status rt_alloc(bm_rt *rt, bm_dev *dev, uint64_t size, const char *what,
                           void **ptr, bm_error *err)
 {
-    if (bm_device_try_alloc(dev, size, ptr))
+    if (bm_dev_try_alloc(dev, size, ptr))
         return BM_OK;
     if (rt->pf.running)
         prefetch_evict(rt, dev);
-    return bm_device_alloc(dev, size, what, ptr, err);
+    return bm_dev_alloc(dev, size, what, ptr, err);
 }
 
-static bm_status block_new(bm_rt *rt, bm_device *dev, uint64_t size, const char *what,
+static bm_status block_new(bm_rt *rt, bm_dev *dev, uint64_t size, const char *what,
                            block **out, bm_error *err)
 {
     block *b = calloc(1, sizeof *b);
@@ -525,7 +525,7 @@ static void block_unref_locked(bm_rt *rt, block *b)
         rt->blocks = b->next;
     if (b->next)
         b->next->prev = b->prev;
-    bm_device_free(b->dev, b->data, b->size);
+    bm_dev_free(b->dev, b->data, b->size);
     free(b);
 }
 
@@ -538,7 +538,7 @@ static void block_release(bm_rt *rt, block *b)
 
 /* ---- slots ---- */
 
-bm_device *bm_rt_tensor_device(const bm_rt *rt, int32_t ti)
+bm_dev *bm_rt_tensor_device(const bm_rt *rt, int32_t ti)
 {
     if (ti < 0 || ti >= rt->tree->n_tensors)
         return NULL;
@@ -562,7 +562,7 @@ void bm_rt_tensor_to_meta(bm_rt *rt, int32_t ti)
 }
 
 /* A tied partner of ti materialized on dev (its block gets a reference). */
-static block *tied_on(bm_rt *rt, int32_t ti, bm_device *dev)
+static block *tied_on(bm_rt *rt, int32_t ti, bm_dev *dev)
 {
     const bm_tensor *t = &rt->tree->tensors[ti];
     if (t->tie_group == BM_NONE)
@@ -648,30 +648,30 @@ static bm_status check_source_tensor(bm_rt *rt, bm_wsource *src, int32_t ti,
 }
 
 /* Fill `dst` (device memory of dev, `dt` elements) from the source tensor. */
-static bm_status fill_from_source(bm_rt *rt, bm_device *dev, void *dst, bm_dtype dt,
+static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt,
                                   bm_wsource *src, const char *name,
                                   const bm_wsource_tensor *wt, uint64_t numel, bm_error *err)
 {
-    bool direct = bm_backend_get_ops(bm_device_backend(dev))->host_addressable;
+    bool direct = bm_backend_get_ops(bm_dev_backend(dev))->host_addressable;
     uint64_t out_bytes = numel * elem_bytes(dt);
     bm_status s = BM_OK;
     if (bm_wsource_get_kind(src) == BM_WSOURCE_DISK)
         bm_rt_stats_add(rt, &rt->stats.bytes_disk_read, wt->nbytes);
-    else if (bm_device_id(dev) != BM_DEVICE_CPU)
+    else if (bm_dev_id(dev) != BM_DEVICE_CPU)
         bm_rt_stats_add(rt, &rt->stats.bytes_host_to_device, wt->nbytes);
     if (wt->dtype == dt) {
         if (wt->data) {
             if (direct) {
                 memcpy(dst, wt->data, (size_t)out_bytes);
-                bm_device_note_upload(dev, out_bytes);
+                bm_dev_note_upload(dev, out_bytes);
                 return BM_OK;
             }
-            return bm_device_upload(dev, dst, wt->data, out_bytes, err);
+            return bm_dev_upload(dev, dst, wt->data, out_bytes, err);
         }
         if (direct) {
             s = bm_wsource_read(src, name, dst, out_bytes, err);
             if (s == BM_OK)
-                bm_device_note_upload(dev, out_bytes);
+                bm_dev_note_upload(dev, out_bytes);
             return s;
         }
         void *tmp = malloc((size_t)out_bytes ? (size_t)out_bytes : 1);
@@ -679,7 +679,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_device *dev, void *dst, bm_dtype
             return bm_fail(err, BM_E_NOMEM, "out of memory reading '%s'", name);
         s = bm_wsource_read(src, name, tmp, out_bytes, err);
         if (s == BM_OK)
-            s = bm_device_upload(dev, dst, tmp, out_bytes, err);
+            s = bm_dev_upload(dev, dst, tmp, out_bytes, err);
         free(tmp);
         return s;
     }
@@ -697,7 +697,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_device *dev, void *dst, bm_dtype
         if (direct) {
             s = bm_convert(dst, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
-                bm_device_note_upload(dev, out_bytes);
+                bm_dev_note_upload(dev, out_bytes);
         } else {
             void *conv = malloc((size_t)out_bytes ? (size_t)out_bytes : 1);
             if (!conv)
@@ -705,7 +705,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_device *dev, void *dst, bm_dtype
             else
                 s = bm_convert(conv, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
-                s = bm_device_upload(dev, dst, conv, out_bytes, err);
+                s = bm_dev_upload(dev, dst, conv, out_bytes, err);
             free(conv);
         }
         if (s != BM_OK)
@@ -725,7 +725,7 @@ static bm_dtype target_dtype(bm_rt *rt, int32_t ti, bm_dtype src_dt)
 }
 
 /* A new block on dev holding tensor ti read from src. */
-static bm_status load_block(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src,
+static bm_status load_block(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src,
                             const char *name, const bm_wsource_tensor *wt, block **out,
                             bm_dtype *dt_out, bm_error *err)
 {
@@ -746,7 +746,7 @@ static bm_status load_block(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *s
     return BM_OK;
 }
 
-bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src,
+bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src,
                           bool share_ties, bm_error *err)
 {
     if (ti < 0 || ti >= rt->tree->n_tensors)
@@ -786,14 +786,14 @@ bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src
     block *cur = sl->b;
     if (!cur)
         return bm_fail(err, BM_E_INVALID, "%s is on the meta device, we need a value to put "
-                       "in on %s", t->name, bm_device_name(dev));
+                       "in on %s", t->name, bm_dev_name(dev));
     if (cur->dev == dev)
         return BM_OK;
     block *b;
     bm_status s = block_new(rt, dev, cur->size, t->name, &b, err);
     if (s != BM_OK)
         return s;
-    s = bm_device_copy(dev, b->data, cur->dev, cur->data, cur->size, err);
+    s = bm_dev_copy(dev, b->data, cur->dev, cur->data, cur->size, err);
     if (s != BM_OK) {
         block_release(rt, b);
         return s;
@@ -813,7 +813,7 @@ bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src
     return BM_OK;
 }
 
-bm_status bm_rt_module_to(bm_rt *rt, int32_t m, bm_device *dev, bool buffers, bm_error *err)
+bm_status bm_rt_module_to(bm_rt *rt, int32_t m, bm_dev *dev, bool buffers, bm_error *err)
 {
     const bm_module *mod = &rt->tree->modules[m];
     for (int32_t ti = mod->tensor_begin; ti < mod->subtree_tensor_end; ti++) {
@@ -838,7 +838,7 @@ static int32_t find_local(const bm_tree *tree, int32_t module, const char *local
     return BM_NONE;
 }
 
-bm_status bm_rt_weight(bm_rt *rt, int32_t module, const char *local, bm_device *dev,
+bm_status bm_rt_weight(bm_rt *rt, int32_t module, const char *local, bm_dev *dev,
                        bm_weight *w, bm_error *err)
 {
     memset(w, 0, sizeof *w);
@@ -865,7 +865,7 @@ bm_status bm_rt_weight(bm_rt *rt, int32_t module, const char *local, bm_device *
         return s;
     w->tmp_dev = dev;
     w->tmp_size = b->size;
-    s = bm_device_copy(dev, w->tmp, b->dev, b->data, b->size, err);
+    s = bm_dev_copy(dev, w->tmp, b->dev, b->data, b->size, err);
     if (s != BM_OK) {
         bm_rt_weight_release(rt, w);
         return s;
@@ -878,7 +878,7 @@ void bm_rt_weight_release(bm_rt *rt, bm_weight *w)
 {
     (void)rt;
     if (w->tmp)
-        bm_device_free(w->tmp_dev, w->tmp, w->tmp_size);
+        bm_dev_free(w->tmp_dev, w->tmp, w->tmp_size);
     w->tmp = NULL;
 }
 
@@ -902,7 +902,7 @@ bm_status bm_rt_load(bm_rt *rt, bm_wsource *src, const int *device_of, bm_error 
             s = check_source_tensor(rt, src, ti, &wt, err);
         if (s != BM_OK)
             return s;
-        bm_device *dev;
+        bm_dev *dev;
         if ((s = bm_rt_device(rt, d, &dev, err)) != BM_OK)
             return s;
     }
@@ -911,7 +911,7 @@ bm_status bm_rt_load(bm_rt *rt, bm_wsource *src, const int *device_of, bm_error 
         int d = device_of[ti];
         if ((t->is_buffer && !t->persistent) || d == BM_DEVICE_DISK || d == BM_DEVICE_NONE)
             continue;
-        bm_device *dev;
+        bm_dev *dev;
         bm_status s = bm_rt_device(rt, d, &dev, err);
         if (s == BM_OK)
             s = bm_rt_tensor_to(rt, ti, dev, src, true, err);
@@ -923,7 +923,7 @@ bm_status bm_rt_load(bm_rt *rt, bm_wsource *src, const int *device_of, bm_error 
 
 /* ---- activations ---- */
 
-bm_status bm_value_new(bm_rt *rt, bm_device *dev, bm_dtype dtype, int64_t rows, int64_t cols,
+bm_status bm_value_new(bm_rt *rt, bm_dev *dev, bm_dtype dtype, int64_t rows, int64_t cols,
                        const char *what, bm_value **out, bm_error *err)
 {
     *out = NULL;
@@ -964,11 +964,11 @@ void bm_value_free(bm_rt *rt, bm_value *v)
         rt->values = node->next;
     if (node->next)
         node->next->prev = node->prev;
-    bm_device_free(v->dev, v->data, v->nbytes);
+    bm_dev_free(v->dev, v->data, v->nbytes);
     free(node);
 }
 
-bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_device *dev, bm_value **out,
+bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_dev *dev, bm_value **out,
                            bm_error *err)
 {
     bm_status s = bm_value_new(rt, dev, v->dtype, v->rows, v->cols, "activation", out, err);
@@ -976,7 +976,7 @@ bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_device *dev, bm_valu
         return s;
     if (v->dev != dev)
         bm_rt_stats_add(rt, &rt->stats.bytes_activations_moved, v->nbytes);
-    s = bm_device_copy(dev, (*out)->data, v->dev, v->data, v->nbytes, err);
+    s = bm_dev_copy(dev, (*out)->data, v->dev, v->data, v->nbytes, err);
     if (s != BM_OK) {
         bm_value_free(rt, *out);
         *out = NULL;
@@ -994,7 +994,7 @@ bm_status bm_value_rows(bm_rt *rt, const bm_value *v, int64_t r0, int64_t n, bm_
     if (s != BM_OK)
         return s;
     uint64_t row = (uint64_t)v->cols * 4;
-    s = bm_device_copy(v->dev, (*out)->data, v->dev, (const char *)v->data + (uint64_t)r0 * row,
+    s = bm_dev_copy(v->dev, (*out)->data, v->dev, (const char *)v->data + (uint64_t)r0 * row,
                        (uint64_t)n * row, err);
     if (s != BM_OK) {
         bm_value_free(rt, *out);
@@ -1057,17 +1057,17 @@ bm_status bm_module_call(bm_rt *rt, int32_t module, bm_call *call, bm_error *err
 
 /* ---- KV caches and running ---- */
 
-bm_status bm_rt_kv(bm_rt *rt, int32_t module, bm_device *dev, int64_t width, float **k,
+bm_status bm_rt_kv(bm_rt *rt, int32_t module, bm_dev *dev, int64_t width, float **k,
                    float **v, bm_error *err)
 {
     kv_cache *c = &rt->kv[module];
     if (c->dev && (c->dev != dev || c->width != width || c->cap < rt->max_tokens)) {
         if (rt->pos > 0 && c->dev != dev)
             return bm_fail(err, BM_E_INTERNAL, "%s: KV cache is on %s, the layer now runs on %s",
-                           rt->tree->modules[module].name, bm_device_name(c->dev),
-                           bm_device_name(dev));
-        bm_device_free(c->dev, c->k, c->bytes);
-        bm_device_free(c->dev, c->v, c->bytes);
+                           rt->tree->modules[module].name, bm_dev_name(c->dev),
+                           bm_dev_name(dev));
+        bm_dev_free(c->dev, c->k, c->bytes);
+        bm_dev_free(c->dev, c->v, c->bytes);
         memset(c, 0, sizeof *c);
     }
     if (!c->dev) {
@@ -1084,7 +1084,7 @@ bm_status bm_rt_kv(bm_rt *rt, int32_t module, bm_device *dev, int64_t width, flo
             return s;
         s = rt_alloc(rt, dev, bytes, what, &vp, err);
         if (s != BM_OK) {
-            bm_device_free(dev, kp, bytes);
+            bm_dev_free(dev, kp, bytes);
             return s;
         }
         c->dev = dev;
@@ -1133,7 +1133,7 @@ bm_status bm_rt_forward(bm_rt *rt, const int32_t *ids, int64_t n, bool all_logit
     if (rt->opts.prefetch && !rt->pf.running)
         prefetch_start(rt);
     rt->all_logits = all_logits;
-    bm_device *host = rt->devs[0];
+    bm_dev *host = rt->devs[0];
     bm_value *in;
     bm_status s = bm_value_new(rt, host, BM_I32, n, 1, "input ids", &in, err);
     if (s != BM_OK)
@@ -1141,7 +1141,7 @@ bm_status bm_rt_forward(bm_rt *rt, const int32_t *ids, int64_t n, bool all_logit
     memcpy(in->data, ids, (size_t)n * sizeof *ids);
     /* the caller puts its inputs on the main device, as a user of a
      * dispatched model does; the root hook (if any) moves them further */
-    bm_device *main_dev;
+    bm_dev *main_dev;
     s = bm_rt_device(rt, rt->main_device, &main_dev, err);
     bm_value *arg = in;
     if (s == BM_OK && main_dev != host) {
@@ -1171,7 +1171,7 @@ bm_status bm_rt_forward(bm_rt *rt, const int32_t *ids, int64_t n, bool all_logit
     if (out->dev == host)
         memcpy(host_logits, out->data, (size_t)out->nbytes);
     else
-        s = bm_device_download(out->dev, host_logits, out->data, out->nbytes, err);
+        s = bm_dev_download(out->dev, host_logits, out->data, out->nbytes, err);
     *rows = out->rows;
     *vocab = out->cols;
     bm_value_free(rt, out);
@@ -1193,7 +1193,7 @@ bm_status bm_rt_forward(bm_rt *rt, const int32_t *ids, int64_t n, bool all_logit
 
 #define MAX_TARGETS 64
 
-static staged *staged_find(prefetcher *pf, int32_t ti, bm_device *dev, staged ***link)
+static staged *staged_find(prefetcher *pf, int32_t ti, bm_dev *dev, staged ***link)
 {
     for (staged **p = &pf->list; *p; p = &(*p)->next)
         if ((*p)->tensor == ti && (*p)->dev == dev) {
@@ -1204,7 +1204,7 @@ static staged *staged_find(prefetcher *pf, int32_t ti, bm_device *dev, staged **
     return NULL;
 }
 
-static bool resident_on(bm_rt *rt, int32_t ti, bm_device *dev)
+static bool resident_on(bm_rt *rt, int32_t ti, bm_dev *dev)
 {
     pthread_mutex_lock(&rt->slot_mu);
     bool yes = rt->slots[ti].b && rt->slots[ti].b->dev == dev;
@@ -1279,7 +1279,7 @@ static void *prefetch_main(void *arg)
         e->tensor = tg.tensor;
         e->dev = tg.dev;
         e->b = calloc(1, sizeof *e->b);
-        if (!e->b || !bm_device_try_alloc(tg.dev, size, &e->b->data)) {
+        if (!e->b || !bm_dev_try_alloc(tg.dev, size, &e->b->data)) {
             /* no room now: wait until something is released */
             free(e->b);
             free(e);
@@ -1330,7 +1330,7 @@ static void prefetch_start(bm_rt *rt)
 
 static void staged_free(staged *e)
 {
-    bm_device_free(e->dev, e->b->data, e->b->size);
+    bm_dev_free(e->dev, e->b->data, e->b->size);
     free(e->b);
     free(e);
 }
@@ -1377,7 +1377,7 @@ static void prefetch_kick(bm_rt *rt)
     pthread_mutex_unlock(&rt->pf.mu);
 }
 
-static void prefetch_evict(bm_rt *rt, bm_device *dev)
+static void prefetch_evict(bm_rt *rt, bm_dev *dev)
 {
     prefetcher *pf = &rt->pf;
     pthread_mutex_lock(&pf->mu);
@@ -1407,7 +1407,7 @@ static void prefetch_evict(bm_rt *rt, bm_device *dev)
 
 /* Bring offloaded tensor ti onto dev for a module call: a tied partner
  * already there, a prefetched copy, or a load from src now. */
-bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src, const char *name,
+bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const char *name,
                       bool share_ties, bm_error *err)
 {
     if (share_ties) {
@@ -1588,15 +1588,15 @@ bm_wsource *bm_rt_snapshot(bm_rt *rt, const bool *which, bm_error *err)
             bm_fail(err, BM_E_NOMEM, "out of memory");
             return NULL;
         }
-        if (bm_device_id(b->dev) == BM_DEVICE_CPU &&
-            strcmp(bm_backend_name(bm_device_backend(b->dev)), "cpu") == 0) {
+        if (bm_dev_id(b->dev) == BM_DEVICE_CPU &&
+            strcmp(bm_backend_name(bm_dev_backend(b->dev)), "cpu") == 0) {
             pthread_mutex_lock(&rt->slot_mu);
             b->refs++;
             pthread_mutex_unlock(&rt->slot_mu);
             e->b = b;
         } else {
             e->own = malloc((size_t)b->size ? (size_t)b->size : 1);
-            if (!e->own || bm_device_download(b->dev, e->own, b->data, b->size, err) != BM_OK) {
+            if (!e->own || bm_dev_download(b->dev, e->own, b->data, b->size, err) != BM_OK) {
                 if (!e->own)
                     bm_fail(err, BM_E_NOMEM, "out of memory");
                 snap_close(s);

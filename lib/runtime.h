@@ -10,11 +10,13 @@
  * weights in and out, exactly where accelerate's AlignDevicesHook does.
  * Architectures (llama, gpt2) only provide per-class forward functions.
  */
+/* Included before the guard: bmplan.h includes this header at its end. */
+#include "bmplan.h"
+#include "device.h"
+
 #ifndef BM_RUNTIME_H
 #define BM_RUNTIME_H
 
-#include "bmplan.h"
-#include "device.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -102,7 +104,7 @@ typedef struct bm_rt_opts {
 
 /* An activation: a float32 or int32 matrix [rows, cols] on a device. */
 typedef struct bm_value {
-    bm_device *dev;
+    bm_dev *dev;
     void *data;
     bm_dtype dtype; /* BM_F32 or BM_I32 */
     int64_t rows, cols;
@@ -143,27 +145,27 @@ bm_dtype bm_rt_dtype(const bm_rt *rt);
 /* The device for a map value: id >= 0 a GPU of the backend, BM_DEVICE_CPU the
  * host. Capacity (bytes, UINT64_MAX unlimited) is set on first use or by
  * bm_rt_set_capacity. */
-bm_status bm_rt_device(bm_rt *rt, int id, bm_device **out, bm_error *err);
+bm_status bm_rt_device(bm_rt *rt, int id, bm_dev **out, bm_error *err);
 bm_status bm_rt_set_capacity(bm_rt *rt, int id, uint64_t capacity, bm_error *err);
 
 /* ---- tensor slots (accelerate's set_module_tensor_to_device) ---- */
 
 /* Where tensor ti is now (NULL: meta). */
-bm_device *bm_rt_tensor_device(const bm_rt *rt, int32_t ti);
+bm_dev *bm_rt_tensor_device(const bm_rt *rt, int32_t ti);
 /* Materialize tensor ti on `dev`: from `src` (by the tensor's name, with
  * `prefix` stripped from the front when given) or, when src is NULL, from
  * where it is now. Floating tensors are converted to the runtime dtype.
  * With `share_ties`, a tied partner already on that device is reused
  * instead of loading a second copy (accelerate's tied_params_map).
  * Shapes are checked against the tree. */
-bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src,
+bm_status bm_rt_tensor_to(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src,
                           bool share_ties, bm_error *err);
 /* Back to meta (the memory is released when no tied partner uses it). */
 void bm_rt_tensor_to_meta(bm_rt *rt, int32_t ti);
 /* Move every tensor of module m's subtree (all persistent ones, or only
  * parameters with buffers left alone when !buffers) to dev; slots on meta
  * stay meta. */
-bm_status bm_rt_module_to(bm_rt *rt, int32_t m, bm_device *dev, bool buffers,
+bm_status bm_rt_module_to(bm_rt *rt, int32_t m, bm_dev *dev, bool buffers,
                           bm_error *err);
 /* The bytes of tensor ti on device `dev` for a forward function: the slot
  * itself when it is there, else a temporary copy (released by
@@ -174,10 +176,10 @@ typedef struct bm_weight {
     int ndim;
     int64_t shape[BM_MAX_DIMS];
     void *tmp;        /* temporary copy, or NULL */
-    bm_device *tmp_dev;
+    bm_dev *tmp_dev;
     uint64_t tmp_size;
 } bm_weight;
-bm_status bm_rt_weight(bm_rt *rt, int32_t module, const char *local, bm_device *dev,
+bm_status bm_rt_weight(bm_rt *rt, int32_t module, const char *local, bm_dev *dev,
                        bm_weight *w, bm_error *err);
 void bm_rt_weight_release(bm_rt *rt, bm_weight *w);
 
@@ -191,11 +193,11 @@ bm_status bm_rt_load(bm_rt *rt, bm_wsource *src, const int *device_of, bm_error 
 
 /* ---- activations ---- */
 
-bm_status bm_value_new(bm_rt *rt, bm_device *dev, bm_dtype dtype, int64_t rows,
+bm_status bm_value_new(bm_rt *rt, bm_dev *dev, bm_dtype dtype, int64_t rows,
                        int64_t cols, const char *what, bm_value **out, bm_error *err);
 void bm_value_free(bm_rt *rt, bm_value *v);
 /* A copy of v on dev (a new value; v untouched). */
-bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_device *dev, bm_value **out,
+bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_dev *dev, bm_value **out,
                            bm_error *err);
 /* Rows [r0, r0+n) of v as a new value on the same device. */
 bm_status bm_value_rows(bm_rt *rt, const bm_value *v, int64_t r0, int64_t n,
@@ -248,7 +250,7 @@ void *bm_rt_arch_data(const bm_rt *rt);
 void bm_rt_set_arch_data(bm_rt *rt, void *data, void (*free_fn)(void *));
 /* The KV cache of an attention module on dev, created on first use with
  * capacity for the sequence; *k and *v are [max_tokens, width] floats. */
-bm_status bm_rt_kv(bm_rt *rt, int32_t module, bm_device *dev, int64_t width, float **k,
+bm_status bm_rt_kv(bm_rt *rt, int32_t module, bm_dev *dev, int64_t width, float **k,
                    float **v, bm_error *err);
 /* Bytes of KV cache one layer needs per token (for budgets): 2*width*4. */
 bool bm_rt_all_logits(const bm_rt *rt);
@@ -259,7 +261,7 @@ bm_rt_stats *bm_rt_stats_ptr(bm_rt *rt);
 
 /* Bring offloaded tensor ti onto dev for a call (from a tied partner there,
  * the prefetch staging area, or src by `name` now). */
-bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_device *dev, bm_wsource *src,
+bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src,
                       const char *name, bool share_ties, bm_error *err);
 /* Its call is over: back to meta. */
 void bm_rt_unfetch(bm_rt *rt, int32_t ti);
