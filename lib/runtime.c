@@ -1245,7 +1245,8 @@ static bool next_target(bm_rt *rt, bm_fetch_target *out, uint64_t *size)
             if (resident_on(rt, tg[i].tensor, tg[i].dev))
                 continue;
             bm_wsource_tensor wt;
-            if (bm_wsource_find(tg[i].src, tg[i].name, &wt, NULL) != BM_OK)
+            if (bm_wsource_find(tg[i].src, tg[i].name, &wt, NULL) != BM_OK &&
+                source_find(rt, tg[i].src, tg[i].tensor, &tg[i].name, &wt, NULL) != BM_OK)
                 continue; /* the hook will report it */
             const bm_tensor *t = &rt->tree->tensors[tg[i].tensor];
             uint64_t sz = t->numel * elem_bytes(target_dtype(rt, tg[i].tensor, wt.dtype));
@@ -1462,7 +1463,9 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
     }
     bm_wsource_tensor wt;
     const char *nm = name;
-    bm_status s = bm_wsource_find(src, nm, &wt, err);
+    bm_status s = bm_wsource_find(src, nm, &wt, NULL);
+    if (s != BM_OK) /* a tied alias the source does not hold: its partner */
+        s = source_find(rt, src, ti, &nm, &wt, err);
     if (s == BM_OK)
         s = check_source_tensor(rt, src, ti, &wt, err);
     block *b;
