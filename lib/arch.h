@@ -20,7 +20,8 @@ typedef struct arch_common {
     double eps, rope_theta;
     int64_t max_positions; /* 0 = unlimited (rotary) */
     arch_module *mods;     /* per tree module */
-    void *extra;
+    void *extra;           /* the architecture's own state (freed) */
+    void *extra_array;     /* an array it points to (freed) */
 } arch_common;
 
 bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err);

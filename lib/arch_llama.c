@@ -319,6 +319,7 @@ bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err)
     x->layer = calloc((size_t)(a->layers > 0 ? a->layers : 1), sizeof *x->layer);
     if (!x->layer)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
+    a->extra_array = x->layer;
     for (int64_t l = 0; l < a->layers; l++)
         if ((s = bind_layer(rt, a, x->ids.layers, l, &x->layer[l], attn_bias, mlp_bias, err)) != BM_OK)
             return s;

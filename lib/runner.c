@@ -3,6 +3,7 @@
  * the runtime and the hooks: the library side of `bmplan run`.
  */
 #include "runner.h"
+#include "arch.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -287,5 +288,47 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
     if (!text)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     *out = text;
+    return BM_OK;
+}
+
+bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
+                             uint64_t *bytes, bm_error *err)
+{
+    *bytes = 0;
+    const char *arch = tree->arch ? tree->arch : "";
+    int64_t D, L, H, KV, hd, I, V;
+    bm_status s;
+    if (strcmp(arch, "gpt2") == 0) {
+        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_layer", false, 0, &L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_head", false, 0, &H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_inner", true, 4 * D, &I, err)) != BM_OK)
+            return s;
+        KV = H;
+        hd = H ? D / H : 0;
+    } else {
+        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &I, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_key_value_heads", true, H, &KV, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "head_dim", true, H ? D / H : 0, &hd, err)) != BM_OK)
+            return s;
+    }
+    /* float32 activations: KV caches of every layer, and the largest set of
+     * live activations of one layer (residual, normed input, q/k/v or the
+     * two MLP projections, the output), plus the logits */
+    double T = (double)max_tokens;
+    double kv = (double)L * 2 * T * (double)(KV * hd) * 4;
+    double width = (double)(3 * D + 3 * H * hd);
+    if ((double)(2 * D + 2 * I) > width)
+        width = (double)(2 * D + 2 * I);
+    double act = 4 * T * (width + 2 * (double)D) + 4 * (double)V * (all_logits ? T : 1);
+    double total = kv + act;
+    if (!(total < 1e18))
+        return bm_fail(err, BM_E_OVERFLOW, "activation memory estimate out of range");
+    *bytes = (uint64_t)total;
     return BM_OK;
 }

@@ -61,6 +61,12 @@ bm_status bm_runner_run(bm_runner *r, const int32_t *ids, int64_t n, int64_t n_n
                         bool all_logits, bm_run_result *res, bm_error *err);
 void bm_run_result_free(bm_run_result *res);
 
+/* Device memory a forward of max_tokens positions needs besides the
+ * weights, on a GPU that holds all layers: KV caches plus activations.
+ * Planning from budgets keeps this much of each GPU free. */
+bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
+                             uint64_t *bytes, bm_error *err);
+
 /* The --report JSON: per-device capacity, peak and traffic, bytes read
  * from disk and copied from host memory, phase times, prefetch counts. */
 bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **json,
