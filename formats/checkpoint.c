@@ -11,6 +11,7 @@
 #include "checkpoint.h"
 #include "safetensors.h"
 #include "strtab.h"
+#include "torchbin.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -301,11 +302,38 @@ static bm_status read_safetensors(bm_checkpoint *ck, int32_t fi, bm_error *err)
     return st;
 }
 
+/* A torch.save zip (formats/torchbin.c): tensors in state-dict order, views
+ * keep their strides (bm_checkpoint_read gathers them), tensors sharing a
+ * storage share a storage_key. */
 static bm_status read_torchbin(bm_checkpoint *ck, int32_t fi, bm_error *err)
 {
-    return bm_fail(err, BM_E_UNSUPPORTED,
-                   "%s: PyTorch .bin checkpoints are not supported yet",
-                   ck->files[fi].path);
+    bm_ckpt_file *f = &ck->files[fi];
+    bm_status st = bm_ckpt_file_open(f, ck->impl->no_mmap, err);
+    if (st)
+        return st;
+    bm_byte_source src = {.map = f->map, .fd = f->fd, .size = f->size};
+    bm_torchbin *tb;
+    st = bm_torchbin_load(&src, f->path, &tb, err);
+    if (st)
+        return st;
+    for (int32_t i = 0; i < tb->n_tensors && !st; i++) {
+        const bm_torchbin_tensor *s = &tb->tensors[i];
+        bm_ckpt_tensor t = {0};
+        t.name = s->name;
+        t.dtype = s->dtype;
+        t.ndim = s->ndim;
+        memcpy(t.shape, s->shape, sizeof t.shape);
+        memcpy(t.stride, s->stride, sizeof t.stride);
+        t.numel = s->numel;
+        t.nbytes = s->nbytes;
+        t.file = fi;
+        t.offset = s->file_offset;
+        t.contiguous = s->contiguous;
+        t.storage_key = ((uint64_t)(uint32_t)fi << 32) | (uint32_t)s->storage;
+        st = bm_checkpoint_add_tensor(ck, &t, err);
+    }
+    bm_torchbin_free(tb);
+    return st;
 }
 
 static const ckpt_reader readers[] = {
@@ -319,25 +347,34 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= m && memcmp(s + n - m, suffix, m) == 0;
 }
 
-/* Does the file start like a safetensors file (a sane header length and
- * a '{')? Text files never do: their first 8 bytes read as a huge length. */
+/* Does the file start like a safetensors file (a sane header length, then
+ * JSON whitespace and a '{')? Text files never do: their first 8 bytes read
+ * as a huge length. */
 static bool sniff_safetensors(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return false;
-    unsigned char b[9];
+    unsigned char b[24];
     struct stat st;
-    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 9 &&
-              pread(fd, b, 9, 0) == 9;
+    ssize_t got = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 10)
+        got = pread(fd, b, sizeof b, 0);
     close(fd);
-    if (!ok)
+    if (got < 10)
         return false;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--)
         n = (n << 8) | b[i];
-    return n >= 2 && n <= BM_ST_MAX_HEADER && n <= (uint64_t)st.st_size - 8 &&
-           b[8] == '{';
+    if (n < 2 || n > BM_ST_MAX_HEADER || n > (uint64_t)st.st_size - 8)
+        return false;
+    for (ssize_t i = 8; i < got && (uint64_t)i < 8 + n; i++) {
+        if (b[i] == '{')
+            return true;
+        if (b[i] != ' ' && b[i] != '\t' && b[i] != '\n' && b[i] != '\r')
+            return false;
+    }
+    return false;
 }
 
 /* accelerate: a ".safetensors" name is read as safetensors, anything else
