@@ -123,6 +123,10 @@ static bm_status attn_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     int64_t kvw = a->kv_heads * a->head_dim;
     bm_value *q = NULL, *k = NULL, *v = NULL, *o = NULL;
     float *kc, *vc;
+    if (a->window > 0 && pos0 + M > a->window)
+        return bm_fail(err, BM_E_UNSUPPORTED, "%lld positions exceed the model's sliding_window "
+                       "%lld, which the runner does not implement", (long long)(pos0 + M),
+                       (long long)a->window);
     bm_status s = arch_call1(rt, L->q, x, dev, &q, err);
     if (s == BM_OK)
         s = arch_call1(rt, L->k, x, dev, &k, err);
@@ -279,6 +283,8 @@ bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err)
     if ((s = arch_cfg_int(tree, "num_key_value_heads", true, def_heads, &a->kv_heads, err)) != BM_OK ||
         (s = arch_cfg_real(tree, "rms_norm_eps", true, 1e-6, &a->eps, err)) != BM_OK ||
         (s = arch_cfg_real(tree, "rope_theta", true, 10000.0, &a->rope_theta, err)) != BM_OK)
+        return s;
+    if ((s = arch_cfg_int(tree, "sliding_window", true, 0, &a->window, err)) != BM_OK)
         return s;
     if (a->heads == 0 || a->hidden == 0 || a->kv_heads == 0 || a->heads % a->kv_heads)
         return bm_fail(err, BM_E_INVALID, "configuration: %lld attention heads and %lld key/value "
