@@ -286,6 +286,8 @@ bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err)
         return s;
     if ((s = arch_cfg_int(tree, "sliding_window", true, 0, &a->window, err)) != BM_OK)
         return s;
+    if (arch_cfg_bool(tree, "use_sliding_window") == 0) /* Qwen2: off unless asked */
+        a->window = 0;
     if (a->heads == 0 || a->hidden == 0 || a->kv_heads == 0 || a->heads % a->kv_heads)
         return bm_fail(err, BM_E_INVALID, "configuration: %lld attention heads and %lld key/value "
                        "heads do not fit", (long long)a->heads, (long long)a->kv_heads);
