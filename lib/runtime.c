@@ -6,6 +6,7 @@
  */
 #include "runtime.h"
 #include "hooks.h"
+#include "numeric.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -647,6 +648,33 @@ static bm_status check_source_tensor(bm_rt *rt, bm_wsource *src, int32_t ti,
     return BM_OK;
 }
 
+/* Convert n elements between float32, bfloat16 and float16 (float64
+ * sources go through float32). */
+static bm_status convert_elems(void *dst, bm_dtype ddt, const void *src, bm_dtype sdt,
+                               uint64_t n, bm_error *err)
+{
+    bool ok_s = sdt == BM_F32 || sdt == BM_BF16 || sdt == BM_F16 || sdt == BM_F64;
+    bool ok_d = ddt == BM_F32 || ddt == BM_BF16 || ddt == BM_F16;
+    if (!ok_s || !ok_d)
+        return bm_fail(err, BM_E_UNSUPPORTED, "cannot convert %s to %s", bm_dtype_name(sdt),
+                       bm_dtype_name(ddt));
+    for (uint64_t i = 0; i < n; i++) {
+        float v;
+        switch (sdt) {
+        case BM_F32: v = ((const float *)src)[i]; break;
+        case BM_BF16: v = num_bf16_to_f32(((const uint16_t *)src)[i]); break;
+        case BM_F16: v = num_f16_to_f32(((const uint16_t *)src)[i]); break;
+        default: v = (float)((const double *)src)[i]; break;
+        }
+        switch (ddt) {
+        case BM_F32: ((float *)dst)[i] = v; break;
+        case BM_BF16: ((uint16_t *)dst)[i] = num_f32_to_bf16(v); break;
+        default: ((uint16_t *)dst)[i] = num_f32_to_f16(v); break;
+        }
+    }
+    return BM_OK;
+}
+
 /* Fill `dst` (device memory of dev, `dt` elements) from the source tensor. */
 static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt,
                                   bm_wsource *src, const char *name,
@@ -695,7 +723,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
     }
     if (s == BM_OK) {
         if (direct) {
-            s = bm_convert(dst, dt, in, wt->dtype, numel, err);
+            s = convert_elems(dst, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
                 bm_dev_note_upload(dev, out_bytes);
         } else {
@@ -703,7 +731,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
             if (!conv)
                 s = bm_fail(err, BM_E_NOMEM, "out of memory converting '%s'", name);
             else
-                s = bm_convert(conv, dt, in, wt->dtype, numel, err);
+                s = convert_elems(conv, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
                 s = bm_dev_upload(dev, dst, conv, out_bytes, err);
             free(conv);

@@ -208,24 +208,6 @@ START_TEST(test_op_activations)
 }
 END_TEST
 
-START_TEST(test_conversions)
-{
-    /* values from PyTorch: torch.tensor([...]).to(torch.bfloat16 / float16) */
-    ck_assert_uint_eq(bm_f32_to_bf16(1.5f), 0x3fc0);
-    ck_assert_uint_eq(bm_f32_to_bf16(-2.0f), 0xc000);
-    ck_assert_uint_eq(bm_f32_to_bf16(1.00390625f), 0x3f80); /* tie to even: down */
-    ck_assert_uint_eq(bm_f32_to_bf16(1.01171875f), 0x3f82); /* tie to even: up */
-    ck_assert_uint_eq(bm_f32_to_bf16(NAN), 0x7fc0);
-    ck_assert_uint_eq(bm_f32_to_f16(3.25f), 0x4280);
-    ck_assert_uint_eq(bm_f32_to_f16(65520.0f), 0x7c00);
-    ck_assert_uint_eq(bm_f32_to_f16(65519.0f), 0x7bff);
-    ck_assert_uint_eq(bm_f32_to_f16(5.9604645e-08f), 0x0001);
-    ck_assert_uint_eq(bm_f32_to_f16(2.9802322e-08f), 0x0000); /* half of the smallest: even */
-    ck_assert(bm_f16_to_f32(0x0001) == 5.9604645e-08f);
-    ck_assert(bm_bf16_to_f32(0x3fc0) == 1.5f);
-}
-END_TEST
-
 /* ------------------------------------------------------------------------
  * Whole models
  * ------------------------------------------------------------------------ */
@@ -532,7 +514,6 @@ Suite *runner_suite(void)
     tcase_add_test(ops, test_op_linear_norms);
     tcase_add_test(ops, test_op_rope_attention);
     tcase_add_test(ops, test_op_activations);
-    tcase_add_test(ops, test_conversions);
     suite_add_tcase(s, ops);
     TCase *models = tcase_create("models");
     tcase_set_timeout(models, 120);
