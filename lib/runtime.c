@@ -276,6 +276,11 @@ typedef struct prefetcher {
     uint64_t generation; /* bumps on every change worth re-planning for */
     staged *list;
     uint64_t bytes;
+    /* per device (index id + 1): bytes staged there, and the most the
+     * compute thread has needed there besides staging (learned when an
+     * allocation had to evict staged weights); staging keeps out of it */
+    uint64_t staged_on[65];
+    uint64_t main_demand[65];
 } prefetcher;
 
 struct bm_rt {
@@ -476,7 +481,7 @@ int64_t bm_rt_position(const bm_rt *rt) { return rt->pos; }
 
 /* ---- prefetch staging: memory pressure ---- */
 
-static void prefetch_evict(bm_rt *rt, bm_dev *dev);
+static void prefetch_evict(bm_rt *rt, bm_dev *dev, uint64_t need);
 
 /* Allocate on the compute thread: when the device is full because of
  * prefetched weights, drop them and retry, so prefetch can never make a run
@@ -487,7 +492,7 @@ static bm_status rt_alloc(bm_rt *rt, bm_dev *dev, uint64_t size, const char *wha
     if (bm_dev_try_alloc(dev, size, ptr))
         return BM_OK;
     if (rt->pf.running)
-        prefetch_evict(rt, dev);
+        prefetch_evict(rt, dev, size);
     return bm_dev_alloc(dev, size, what, ptr, err);
 }
 
@@ -1278,7 +1283,12 @@ static bool next_target(bm_rt *rt, bm_fetch_target *out, uint64_t *size)
                 continue; /* the hook will report it */
             const bm_tensor *t = &rt->tree->tensors[tg[i].tensor];
             uint64_t sz = t->numel * elem_bytes(target_dtype(rt, tg[i].tensor, wt.dtype));
-            if (pf->bytes + sz > rt->opts.staging_bytes)
+            int di = bm_dev_id(tg[i].dev) + 1;
+            bm_dev_stats st;
+            bm_dev_get_stats(tg[i].dev, &st);
+            if (pf->bytes + sz > rt->opts.staging_bytes ||
+                (st.capacity != UINT64_MAX &&
+                 pf->staged_on[di] + sz + pf->main_demand[di] > st.capacity))
                 return false;
             *out = tg[i];
             *size = sz;
@@ -1323,6 +1333,7 @@ static void *prefetch_main(void *arg)
         e->next = pf->list;
         pf->list = e;
         pf->bytes += size;
+        pf->staged_on[bm_dev_id(tg.dev) + 1] += size;
         pthread_mutex_unlock(&pf->mu);
 
         bm_wsource_tensor wt;
@@ -1381,6 +1392,7 @@ static void prefetch_stop(bm_rt *rt)
         staged_free(e);
     }
     pf->bytes = 0;
+    memset(pf->staged_on, 0, sizeof pf->staged_on);
 }
 
 static void prefetch_note(bm_rt *rt, int32_t module)
@@ -1406,9 +1418,14 @@ static void prefetch_kick(bm_rt *rt)
     pthread_mutex_unlock(&rt->pf.mu);
 }
 
-static void prefetch_evict(bm_rt *rt, bm_dev *dev)
+/* The compute thread needs `need` bytes on dev and the device is full:
+ * drop prefetched weights there, those needed last first, until it fits,
+ * and remember how much the compute thread needs so that staging keeps
+ * out of that room from now on. */
+static void prefetch_evict(bm_rt *rt, bm_dev *dev, uint64_t need)
 {
     prefetcher *pf = &rt->pf;
+    int di = bm_dev_id(dev) + 1;
     pthread_mutex_lock(&pf->mu);
     pf->paused = true;
     for (;;) {
@@ -1420,11 +1437,21 @@ static void prefetch_evict(bm_rt *rt, bm_dev *dev)
             break;
         pthread_cond_wait(&pf->changed, &pf->mu);
     }
+    bm_dev_stats st;
+    bm_dev_get_stats(dev, &st);
+    uint64_t main_use = st.in_use - (pf->staged_on[di] < st.in_use ? pf->staged_on[di] : st.in_use);
+    if (main_use + need > pf->main_demand[di])
+        pf->main_demand[di] = main_use + need;
+    /* the list holds the newest (furthest ahead) entries first */
     for (staged **p = &pf->list; *p;) {
+        bm_dev_get_stats(dev, &st);
+        if (st.in_use + need <= st.capacity)
+            break;
         staged *e = *p;
         if (e->dev == dev) {
             *p = e->next;
             pf->bytes -= e->b->size;
+            pf->staged_on[di] -= e->b->size;
             staged_free(e);
         } else {
             p = &e->next;
@@ -1464,6 +1491,7 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
             if (e) {
                 *link = e->next;
                 pf->bytes -= e->b->size;
+                pf->staged_on[bm_dev_id(e->dev) + 1] -= e->b->size;
             }
             pthread_mutex_unlock(&pf->mu);
             if (e && e->state == 1) {
