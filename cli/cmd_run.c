@@ -435,7 +435,7 @@ int cmd_run(int argc, char **argv)
     /* the model */
     bm_model_opts mo = {.model = npos ? pos[0] : NULL, .graph = graph, .checkpoint = checkpoint,
                         .need_checkpoint = true};
-    if (bm_model_open(&mo, &model, &err) != BM_OK) {
+    if (bm_runner_model_open(&mo, offload_dir != NULL, &model, &err) != BM_OK) {
         cli_fail(cmd, &err);
         goto out;
     }

@@ -165,6 +165,57 @@ bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runn
     return BM_OK;
 }
 
+/* The name prefix the checkpoint omits ("model.", "transformer.") or "". */
+static char *guess_prefix(const bm_tree *tree, const bm_checkpoint *ck)
+{
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const char *name = tree->tensors[ti].name;
+        if (bm_checkpoint_find(ck, name) != BM_NONE)
+            return strdup("");
+        const char *dot = strchr(name, '.');
+        if (dot && bm_checkpoint_find(ck, dot + 1) != BM_NONE) {
+            char *p = strndup(name, (size_t)(dot - name) + 1);
+            return p;
+        }
+    }
+    return strdup("");
+}
+
+bm_status bm_runner_model_open(const bm_model_opts *opts, bool allow_partial, bm_model **out,
+                               bm_error *err)
+{
+    bm_status s = bm_model_open(opts, out, err);
+    if (s == BM_OK || !allow_partial)
+        return s;
+    const char *ck_path = opts->checkpoint ? opts->checkpoint : opts->model;
+    if (!ck_path || !bm_checkpoint_probe(ck_path))
+        return s;
+    bm_model_opts tree_only = *opts;
+    tree_only.checkpoint = NULL;
+    tree_only.need_checkpoint = false;
+    tree_only.no_checkpoint = true;
+    bm_model *m;
+    bm_error e2 = {0};
+    if (bm_model_open(&tree_only, &m, &e2) != BM_OK)
+        return s;
+    bm_checkpoint *ck;
+    if (bm_checkpoint_open(ck_path, &ck, &e2) != BM_OK) {
+        bm_model_close(m);
+        return s;
+    }
+    m->ckpt = ck;
+    free(m->ckpt_prefix);
+    m->ckpt_prefix = guess_prefix(m->tree, ck);
+    if (!m->ckpt_prefix) {
+        bm_model_close(m);
+        return bm_fail(err, BM_E_NOMEM, "out of memory");
+    }
+    *out = m;
+    if (err)
+        memset(err, 0, sizeof *err);
+    return BM_OK;
+}
+
 void bm_run_result_free(bm_run_result *res)
 {
     free(res->logits);

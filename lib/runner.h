@@ -48,6 +48,15 @@ typedef struct bm_run_result {
     int64_t n_token_s;
 } bm_run_result;
 
+/* bm_model_open for running with an offload folder: the checkpoint may
+ * lack the tensors the folder holds (`bmplan shard --device-map` writes
+ * them there instead). When the full check fails and allow_partial is set,
+ * the tree and the checkpoint are opened apart; bm_runner_open then checks
+ * every tensor against the checkpoint or the offload folder, by where the
+ * map puts it. */
+bm_status bm_runner_model_open(const bm_model_opts *opts, bool allow_partial, bm_model **out,
+                               bm_error *err);
+
 /* Everything is checked (map coverage, names, shapes, offload entries)
  * before any weight is loaded. */
 bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runner **out,

@@ -653,6 +653,17 @@ static bm_status check_source_tensor(bm_rt *rt, bm_wsource *src, int32_t ti,
     return BM_OK;
 }
 
+/* Where tensor `name` of src really comes from (a chain: the member that
+ * holds it), for counting disk reads apart from host copies. */
+static bm_wsource_kind source_kind(bm_wsource *src, const char *name)
+{
+    if (src->ops == &chain_ops) {
+        bm_wsource *s = chain_pick(src->ctx, name);
+        return s ? source_kind(s, name) : src->kind;
+    }
+    return src->kind;
+}
+
 /* Convert n elements between float32, bfloat16 and float16 (float64
  * sources go through float32). */
 static bm_status convert_elems(void *dst, bm_dtype ddt, const void *src, bm_dtype sdt,
@@ -688,7 +699,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
     bool direct = bm_backend_get_ops(bm_dev_backend(dev))->host_addressable;
     uint64_t out_bytes = numel * elem_bytes(dt);
     bm_status s = BM_OK;
-    if (bm_wsource_get_kind(src) == BM_WSOURCE_DISK)
+    if (source_kind(src, name) == BM_WSOURCE_DISK)
         bm_rt_stats_add(rt, &rt->stats.bytes_disk_read, wt->nbytes);
     else if (bm_dev_id(dev) != BM_DEVICE_CPU)
         bm_rt_stats_add(rt, &rt->stats.bytes_host_to_device, wt->nbytes);
