@@ -63,6 +63,15 @@ static bm_status check_offload(const bm_tree *tree, const bm_runner_opts *o, bm_
             for (int32_t i = 0; i < g->n && s != BM_OK; i++)
                 s = bm_wsource_find(o->offload, tree->tensors[g->tensors[i]].name, &wt, NULL);
         }
+        if (s != BM_OK && t->tie_group != BM_NONE) {
+            /* a tied alias whose partner is loaded elsewhere shares it */
+            const bm_tie *g = &tree->ties[t->tie_group];
+            for (int32_t i = 0; i < g->n; i++) {
+                int pe = bm_map_lookup(o->map, o->n_map, tree->tensors[g->tensors[i]].name);
+                if (pe >= 0 && o->map[pe].device != BM_DEVICE_DISK)
+                    goto next;
+            }
+        }
         if (s != BM_OK)
             return bm_fail(err, BM_E_NOTFOUND, "%s: tensor '%s' (mapped to disk) is missing",
                            bm_wsource_describe(o->offload), t->name);
@@ -72,6 +81,7 @@ static bm_status check_offload(const bm_tree *tree, const bm_runner_opts *o, bm_
         if (!same)
             return bm_fail(err, BM_E_INVALID, "%s: tensor '%s' has another shape than the model's",
                            bm_wsource_describe(o->offload), t->name);
+    next:;
     }
     return BM_OK;
 }

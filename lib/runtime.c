@@ -1472,6 +1472,42 @@ static void prefetch_evict(bm_rt *rt, bm_dev *dev, uint64_t need)
     pthread_mutex_unlock(&pf->mu);
 }
 
+/* A tied partner of ti that is loaded on some device, copied to dev for
+ * this call (the offload source does not hold ti under any name). */
+static bm_status copy_tied_partner(bm_rt *rt, int32_t ti, bm_dev *dev)
+{
+    const bm_tensor *t = &rt->tree->tensors[ti];
+    if (t->tie_group == BM_NONE)
+        return BM_E_NOTFOUND;
+    const bm_tie *g = &rt->tree->ties[t->tie_group];
+    block *from = NULL;
+    bm_dtype dt = BM_DTYPE_INVALID;
+    pthread_mutex_lock(&rt->slot_mu);
+    for (int32_t i = 0; i < g->n && !from; i++)
+        if (rt->slots[g->tensors[i]].b) {
+            from = rt->slots[g->tensors[i]].b;
+            from->refs++;
+            dt = rt->slots[g->tensors[i]].dtype;
+        }
+    pthread_mutex_unlock(&rt->slot_mu);
+    if (!from)
+        return BM_E_NOTFOUND;
+    block *b = NULL;
+    bm_status s = block_new(rt, dev, from->size, t->name, &b, NULL);
+    if (s == BM_OK) {
+        s = bm_dev_copy(dev, b->data, from->dev, from->data, from->size, NULL);
+        if (s != BM_OK)
+            block_release(rt, b);
+    }
+    block_release(rt, from);
+    if (s != BM_OK)
+        return s;
+    bm_rt_stats_add(rt, &rt->stats.offload_fetch_bytes, b->size);
+    rt->slots[ti].dtype = dt;
+    slot_set(rt, ti, b);
+    return BM_OK;
+}
+
 /* Bring offloaded tensor ti onto dev for a module call: a tied partner
  * already there, a prefetched copy, or a load from src now. */
 bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const char *name,
@@ -1533,6 +1569,11 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
     bm_status s = bm_wsource_find(src, nm, &wt, NULL);
     if (s != BM_OK) /* a tied alias the source does not hold: its partner */
         s = source_find(rt, src, ti, &nm, &wt, err);
+    if (s != BM_OK && copy_tied_partner(rt, ti, dev) == BM_OK) {
+        if (err)
+            memset(err, 0, sizeof *err);
+        return BM_OK;
+    }
     if (s == BM_OK)
         s = check_source_tensor(rt, src, ti, &wt, err);
     block *b;
