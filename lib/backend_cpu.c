@@ -91,11 +91,9 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static void parallel(cpu_backend *be, int64_t n_tasks, task_fn fn, void *ctx)
+/* Run a job; the caller holds run_lock, which is released at the end. */
+static void parallel_locked(cpu_backend *be, int64_t n_tasks, task_fn fn, void *ctx)
 {
-    if (n_tasks <= 0)
-        return;
-    pthread_mutex_lock(&be->run_lock);
     if (be->threads <= 1 || n_tasks == 1) {
         for (int64_t t = 0; t < n_tasks; t++)
             fn(ctx, t, 0);
@@ -117,6 +115,14 @@ static void parallel(cpu_backend *be, int64_t n_tasks, task_fn fn, void *ctx)
         pthread_cond_wait(&be->done, &be->lock);
     pthread_mutex_unlock(&be->lock);
     pthread_mutex_unlock(&be->run_lock);
+}
+
+static void parallel(cpu_backend *be, int64_t n_tasks, task_fn fn, void *ctx)
+{
+    if (n_tasks <= 0)
+        return;
+    pthread_mutex_lock(&be->run_lock);
+    parallel_locked(be, n_tasks, fn, ctx);
 }
 
 /* Per-thread scratch of at least n floats; NULL when out of memory. */
@@ -250,10 +256,36 @@ static void cpu_free(void *dev, void *ptr)
     free(ptr);
 }
 
+#define COPY_BLOCK (256u << 10)
+
+typedef struct copy_job {
+    char *dst;
+    const char *src;
+    uint64_t n;
+} copy_job;
+
+static void copy_task(void *ctx, int64_t t, int worker)
+{
+    (void)worker;
+    copy_job *j = ctx;
+    uint64_t off = (uint64_t)t * COPY_BLOCK;
+    uint64_t len = j->n - off < COPY_BLOCK ? j->n - off : COPY_BLOCK;
+    memcpy(j->dst + off, j->src + off, (size_t)len);
+}
+
+/* Large copies (weights streamed from page cache) use the thread pool when
+ * it is free; a copy made while the pool computes (the prefetcher's) is a
+ * plain memcpy on the calling thread. */
 static bm_status cpu_memcpy(void *dev, void *dst, const void *src, uint64_t n, bm_error *err)
 {
-    (void)dev;
     (void)err;
+    cpu_backend *be = ((cpu_device *)dev)->be;
+    if (n >= 4 * (uint64_t)COPY_BLOCK && be->threads > 1 &&
+        pthread_mutex_trylock(&be->run_lock) == 0) {
+        copy_job j = {dst, src, n};
+        parallel_locked(be, (int64_t)((n + COPY_BLOCK - 1) / COPY_BLOCK), copy_task, &j);
+        return BM_OK;
+    }
     if (n)
         memcpy(dst, src, (size_t)n);
     return BM_OK;

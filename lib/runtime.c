@@ -10,6 +10,10 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -263,6 +267,13 @@ typedef struct staged {
     block *b;
     bm_dtype dtype;
     int state; /* 0 loading, 1 ready, 2 failed */
+    /* a plain copy from mapped bytes is made in pieces: when the compute
+     * thread needs the tensor before it is complete, it sets `hurry`, the
+     * prefetcher stops after the current piece and the compute thread
+     * copies the rest from `src` (with all cores) */
+    atomic_bool hurry;
+    const void *src;
+    uint64_t done;
     struct staged *next;
 } staged;
 
@@ -272,8 +283,11 @@ typedef struct prefetcher {
     pthread_mutex_t mu;
     pthread_cond_t wake, changed;
     bool stop, paused;
-    int32_t cursor;      /* position in exec order of the running module */
-    uint64_t generation; /* bumps on every change worth re-planning for */
+    /* written by the compute thread without the lock (it must never wait
+     * for the prefetcher to note progress) */
+    atomic_int cursor;        /* position in exec order of the running module */
+    atomic_ullong generation; /* bumps on every change worth re-planning for */
+    atomic_bool sleeping;     /* the prefetcher waits for a generation change */
     staged *list;
     uint64_t bytes;
     /* per device (index id + 1): bytes staged there, and the most the
@@ -354,7 +368,9 @@ bm_status bm_rt_new(const bm_tree *tree, const bm_rt_opts *opts, bm_rt **out, bm
     pthread_mutex_init(&rt->pf.mu, NULL);
     pthread_cond_init(&rt->pf.wake, NULL);
     pthread_cond_init(&rt->pf.changed, NULL);
-    rt->pf.cursor = -1;
+    atomic_init(&rt->pf.cursor, -1);
+    atomic_init(&rt->pf.generation, 0);
+    atomic_init(&rt->pf.sleeping, false);
     if (!rt->slots || !rt->hooks || !rt->fwd || !rt->kv || !rt->exec_pos) {
         bm_rt_free(rt);
         return bm_fail(err, BM_E_NOMEM, "out of memory");
@@ -705,11 +721,8 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
         bm_rt_stats_add(rt, &rt->stats.bytes_host_to_device, wt->nbytes);
     if (wt->dtype == dt) {
         if (wt->data) {
-            if (direct) {
-                memcpy(dst, wt->data, (size_t)out_bytes);
-                bm_dev_note_upload(dev, out_bytes);
-                return BM_OK;
-            }
+            /* the backend's upload: the CPU backend copies large tensors
+             * with its thread pool when that is idle */
             return bm_dev_upload(dev, dst, wt->data, out_bytes, err);
         }
         if (direct) {
@@ -1271,7 +1284,8 @@ static bool next_target(bm_rt *rt, bm_fetch_target *out, uint64_t *size)
     prefetcher *pf = &rt->pf;
     if (rt->n_exec == 0 || pf->paused)
         return false;
-    int32_t start = pf->cursor < 0 ? 0 : pf->cursor + 1;
+    int32_t cur = atomic_load(&pf->cursor);
+    int32_t start = cur < 0 ? 0 : cur + 1;
     int modules_seen = 0;
     for (int32_t k = 0; k < rt->n_exec && modules_seen < rt->opts.lookahead; k++) {
         int32_t m = rt->exec_order[(start + k) % rt->n_exec];
@@ -1309,18 +1323,33 @@ static bool next_target(bm_rt *rt, bm_fetch_target *out, uint64_t *size)
     return false;
 }
 
+/* Wait (pf->mu held) until the generation moves on from `gen`. The
+ * compute thread bumps it without the lock and signals only a sleeper:
+ * both sides use sequentially consistent atomics, so one of them sees the
+ * other's write and no wake-up is lost. */
+static void prefetch_sleep(prefetcher *pf, uint64_t gen)
+{
+    atomic_store(&pf->sleeping, true);
+    while (!pf->stop && gen == atomic_load(&pf->generation))
+        pthread_cond_wait(&pf->wake, &pf->mu);
+    atomic_store(&pf->sleeping, false);
+}
+
 static void *prefetch_main(void *arg)
 {
     bm_rt *rt = arg;
     prefetcher *pf = &rt->pf;
+    /* lowest priority: with as many compute threads as cores it must not
+     * preempt them (a preempted worker stalls every operation waiting for
+     * all of its tasks); it gets the cores when the compute thread waits */
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
     pthread_mutex_lock(&pf->mu);
     while (!pf->stop) {
         bm_fetch_target tg;
         uint64_t size;
+        uint64_t gen = atomic_load(&pf->generation);
         if (!next_target(rt, &tg, &size)) {
-            uint64_t gen = pf->generation;
-            while (!pf->stop && gen == pf->generation)
-                pthread_cond_wait(&pf->wake, &pf->mu);
+            prefetch_sleep(pf, gen);
             continue;
         }
         staged *e = calloc(1, sizeof *e);
@@ -1333,9 +1362,7 @@ static void *prefetch_main(void *arg)
             /* no room now: wait until something is released */
             free(e->b);
             free(e);
-            uint64_t gen = pf->generation;
-            while (!pf->stop && gen == pf->generation)
-                pthread_cond_wait(&pf->wake, &pf->mu);
+            prefetch_sleep(pf, gen);
             continue;
         }
         e->b->dev = tg.dev;
@@ -1353,10 +1380,26 @@ static void *prefetch_main(void *arg)
         if (s == BM_OK)
             s = check_source_tensor(rt, tg.src, tg.tensor, &wt, &err);
         bm_dtype dt = BM_DTYPE_INVALID;
-        if (s == BM_OK) {
+        if (s == BM_OK)
             dt = target_dtype(rt, tg.tensor, wt.dtype);
+        bool direct = bm_backend_get_ops(bm_dev_backend(tg.dev))->host_addressable;
+        if (s == BM_OK && direct && wt.data && dt == wt.dtype) {
+            const uint64_t piece = 1u << 20;
+            e->src = wt.data;
+            if (source_kind(tg.src, tg.name) == BM_WSOURCE_DISK)
+                bm_rt_stats_add(rt, &rt->stats.bytes_disk_read, wt.nbytes);
+            else if (bm_dev_id(tg.dev) != BM_DEVICE_CPU)
+                bm_rt_stats_add(rt, &rt->stats.bytes_host_to_device, wt.nbytes);
+            while (e->done < size && !atomic_load(&e->hurry)) {
+                uint64_t n = size - e->done < piece ? size - e->done : piece;
+                memcpy((char *)e->b->data + e->done, (const char *)wt.data + e->done, (size_t)n);
+                bm_dev_note_upload(tg.dev, n);
+                e->done += n;
+            }
+        } else if (s == BM_OK) {
             s = fill_from_source(rt, tg.dev, e->b->data, dt, tg.src, tg.name, &wt,
                                  rt->tree->tensors[tg.tensor].numel, &err);
+            e->done = size;
         }
         pthread_mutex_lock(&pf->mu);
         e->dtype = dt;
@@ -1375,7 +1418,8 @@ static void prefetch_start(bm_rt *rt)
     if (!any || rt->n_exec == 0)
         return;
     rt->pf.stop = false;
-    if (pthread_create(&rt->pf.thread, NULL, prefetch_main, rt) == 0)
+    int rc = pthread_create(&rt->pf.thread, NULL, prefetch_main, rt);
+    if (rc == 0)
         rt->pf.running = true;
 }
 
@@ -1406,27 +1450,30 @@ static void prefetch_stop(bm_rt *rt)
     memset(pf->staged_on, 0, sizeof pf->staged_on);
 }
 
+static void prefetch_wake(prefetcher *pf)
+{
+    atomic_fetch_add(&pf->generation, 1);
+    if (atomic_load(&pf->sleeping)) {
+        pthread_mutex_lock(&pf->mu);
+        pthread_cond_broadcast(&pf->wake);
+        pthread_mutex_unlock(&pf->mu);
+    }
+}
+
 static void prefetch_note(bm_rt *rt, int32_t module)
 {
     int32_t p = rt->exec_pos[module];
     if (p < 0)
         return;
-    pthread_mutex_lock(&rt->pf.mu);
-    rt->pf.cursor = p;
-    rt->pf.generation++;
-    pthread_cond_broadcast(&rt->pf.wake);
-    pthread_mutex_unlock(&rt->pf.mu);
+    atomic_store(&rt->pf.cursor, p);
+    prefetch_wake(&rt->pf);
 }
 
 /* Wake the prefetcher: memory was released. */
 static void prefetch_kick(bm_rt *rt)
 {
-    if (!rt->pf.running)
-        return;
-    pthread_mutex_lock(&rt->pf.mu);
-    rt->pf.generation++;
-    pthread_cond_broadcast(&rt->pf.wake);
-    pthread_mutex_unlock(&rt->pf.mu);
+    if (rt->pf.running)
+        prefetch_wake(&rt->pf);
 }
 
 /* The compute thread needs `need` bytes on dev and the device is full:
@@ -1528,6 +1575,7 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
         staged *e = staged_find(pf, ti, dev, &link);
         if (e) {
             bool waited = false;
+            atomic_store(&e->hurry, true);
             while (e->state == 0) {
                 waited = true;
                 pthread_cond_wait(&pf->changed, &pf->mu);
@@ -1542,6 +1590,17 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
             }
             pthread_mutex_unlock(&pf->mu);
             if (e && e->state == 1) {
+                if (e->done < e->b->size) {
+                    /* the rest of a copy the prefetcher was told to leave */
+                    bm_status cs = bm_dev_upload(dev, (char *)e->b->data + e->done,
+                                                 (const char *)e->src + e->done,
+                                                 e->b->size - e->done, err);
+                    if (cs != BM_OK) {
+                        staged_free(e);
+                        return cs;
+                    }
+                    waited = true;
+                }
                 bm_rt_stats_add(rt, waited ? &rt->stats.prefetch_waits : &rt->stats.prefetch_hits, 1);
                 bm_rt_stats_add(rt, &rt->stats.offload_fetch_bytes, e->b->size);
                 block *b = e->b;
