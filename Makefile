@@ -92,9 +92,9 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libbmplan.a $(TEST_SUPPORT_OBJ)
 	    $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
 test: all $(TEST_BIN)
+	@bash tests/gpu/maybe_skip.sh $(BUILD)
 	@BUILD=$(BUILD) bash tests/run_unit.sh $(TEST_BIN)
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash tests/cli/run.sh
-	@bash tests/gpu/maybe_skip.sh $(BUILD)
 
 test-unit: all $(TEST_BIN)
 	@BUILD=$(BUILD) bash tests/run_unit.sh $(TEST_BIN)
