@@ -6,15 +6,6 @@
  */
 #include "cli.h"
 
-/* The planner is optional at build time until planner/ is part of every
- * build; without it, --device-map and --max-memory are refused. */
-#if __has_include("planner.h")
-#include "planner.h"
-#define HAVE_PLANNER 1
-#else
-#define HAVE_PLANNER 0
-#endif
-
 #include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -133,8 +124,6 @@ static bool has_suffix(const char *s, const char *suf)
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
-
-#if HAVE_PLANNER
 
 static int device_of(bm_device d, int *out)
 {
@@ -288,35 +277,6 @@ done:
     return rc;
 }
 
-#else
-
-static void map_state_free(void *p) { (void)p; }
-
-static int resolve_map(const char *cmd, const bm_model *model, const char *devmap_path,
-                       const cli_list *max_memory, const char *strategy, bm_dtype dtype,
-                       int64_t max_tokens, bool all_logits, void **state,
-                       bm_map_entry **entries_out, int *n_out, uint64_t *gpu_budget, int *n_gpu,
-                       uint64_t *cpu_budget)
-{
-    (void)model, (void)strategy, (void)dtype, (void)max_tokens, (void)all_logits, (void)state;
-    if (devmap_path || max_memory->n)
-        return cli_errorf(cmd, "this build has no planner: --device-map and --max-memory are "
-                          "not available");
-    bm_map_entry *e = calloc(1, sizeof *e);
-    if (!e)
-        return cli_errorf(cmd, "out of memory");
-    e->name = "";
-    e->device = 0;
-    *entries_out = e;
-    *n_out = 1;
-    for (int i = 0; i < 64; i++)
-        gpu_budget[i] = UINT64_MAX;
-    *n_gpu = 0;
-    *cpu_budget = 0;
-    return 0;
-}
-
-#endif
 
 int cmd_run(int argc, char **argv)
 {

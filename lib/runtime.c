@@ -680,12 +680,14 @@ static bm_wsource_kind source_kind(bm_wsource *src, const char *name)
     return src->kind;
 }
 
-/* Convert n elements between float32, bfloat16 and float16 (float64
- * sources go through float32). */
+/* Convert n elements between float32, bfloat16 and float16; float64
+ * sources go through float32. */
 static bm_status convert_elems(void *dst, bm_dtype ddt, const void *src, bm_dtype sdt,
                                uint64_t n, bm_error *err)
 {
-    bool ok_s = sdt == BM_F32 || sdt == BM_BF16 || sdt == BM_F16 || sdt == BM_F64;
+    if (sdt != BM_F64) /* PyTorch's rounding and NaN rules (lib/convert.h) */
+        return bm_convert(ddt, dst, sdt, src, (size_t)n, NULL, err);
+    bool ok_s = sdt == BM_F64;
     bool ok_d = ddt == BM_F32 || ddt == BM_BF16 || ddt == BM_F16;
     if (!ok_s || !ok_d)
         return bm_fail(err, BM_E_UNSUPPORTED, "cannot convert %s to %s", bm_dtype_name(sdt),

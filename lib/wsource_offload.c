@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include("offload.h")
 #include "offload.h"
 
 static bm_status offload_find(void *ctx, const char *name, bm_wsource_tensor *t, bm_error *err)
@@ -52,13 +51,3 @@ bm_status bm_wsource_offload(const char *folder, bm_wsource **out, bm_error *err
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     return BM_OK;
 }
-
-#else
-
-bm_status bm_wsource_offload(const char *folder, bm_wsource **out, bm_error *err)
-{
-    *out = NULL;
-    return bm_fail(err, BM_E_UNSUPPORTED, "%s: this build has no offload-folder reader", folder);
-}
-
-#endif

@@ -7,11 +7,6 @@
 # tokens and logits come from transformers (tests/fixtures/runner).
 . "$(dirname "$0")/lib.sh"
 F="$ROOT/tests/fixtures/runner"
-for c in plan offload shard; do
-    if ! "$BMPLAN" help $c >/dev/null 2>&1; then
-        echo "# skipped: this build has no 'bmplan $c'"; finish
-    fi
-done
 
 prompt() { sed -n 's/.*"prompt": \[\([^]]*\)\].*/\1/p' "$F/$1.expected.json" | tr -d ' '; }
 generated() { sed -n 's/.*"generated": \(\[[^]]*\]\).*/\1/p' "$F/$1.expected.json"; }
