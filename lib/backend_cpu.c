@@ -20,7 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LINEAR_NB 64   /* output columns per linear task */
+#define LINEAR_NB 128  /* output columns per linear task */
 #define LINEAR_MB 256  /* rows per linear task */
 #define ATTN_QB 64     /* query rows per attention task */
 #define ROWS_PER_TASK 16
