@@ -319,25 +319,34 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= m && memcmp(s + n - m, suffix, m) == 0;
 }
 
-/* Does the file start like a safetensors file (a sane header length and
- * a '{')? Text files never do: their first 8 bytes read as a huge length. */
+/* Does the file start like a safetensors file (a sane header length, then
+ * JSON whitespace and a '{')? Text files never do: their first 8 bytes read
+ * as a huge length. */
 static bool sniff_safetensors(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return false;
-    unsigned char b[9];
+    unsigned char b[24];
     struct stat st;
-    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 9 &&
-              pread(fd, b, 9, 0) == 9;
+    ssize_t got = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 10)
+        got = pread(fd, b, sizeof b, 0);
     close(fd);
-    if (!ok)
+    if (got < 10)
         return false;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--)
         n = (n << 8) | b[i];
-    return n >= 2 && n <= BM_ST_MAX_HEADER && n <= (uint64_t)st.st_size - 8 &&
-           b[8] == '{';
+    if (n < 2 || n > BM_ST_MAX_HEADER || n > (uint64_t)st.st_size - 8)
+        return false;
+    for (ssize_t i = 8; i < got && (uint64_t)i < 8 + n; i++) {
+        if (b[i] == '{')
+            return true;
+        if (b[i] != ' ' && b[i] != '\t' && b[i] != '\n' && b[i] != '\r')
+            return false;
+    }
+    return false;
 }
 
 /* accelerate: a ".safetensors" name is read as safetensors, anything else

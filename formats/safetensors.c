@@ -24,39 +24,18 @@
  * dtype codes
  * ------------------------------------------------------------------------ */
 
-/* Codes the current reference knows beyond bm_dtype_st_name's table. */
-static const struct {
-    const char *code;
-    bm_dtype dt;
-} extra_codes[] = {
-    {"F8_E4M3FNUZ", BM_F8_E4M3FNUZ},
-    {"F8_E5M2FNUZ", BM_F8_E5M2FNUZ},
-};
-
 /* Codes the reference knows that bmplan has no dtype for. */
 static const char *const foreign_codes[] = {"F4", "F6_E2M3", "F6_E3M2",
                                             "F8_E8M0"};
 
 const char *bm_st_dtype_code(bm_dtype dt)
 {
-    const char *c = bm_dtype_st_name(dt);
-    if (c)
-        return c;
-    for (size_t i = 0; i < sizeof extra_codes / sizeof *extra_codes; i++)
-        if (extra_codes[i].dt == dt)
-            return extra_codes[i].code;
-    return NULL;
+    return bm_dtype_st_name(dt);
 }
 
 bm_dtype bm_st_dtype_parse(const char *code)
 {
-    bm_dtype dt = bm_dtype_from_st(code);
-    if (dt != BM_DTYPE_INVALID || !code)
-        return dt;
-    for (size_t i = 0; i < sizeof extra_codes / sizeof *extra_codes; i++)
-        if (strcmp(extra_codes[i].code, code) == 0)
-            return extra_codes[i].dt;
-    return BM_DTYPE_INVALID;
+    return bm_dtype_from_st(code);
 }
 
 /* Position in the reference crate's `Dtype` enum (it derives Ord, and the

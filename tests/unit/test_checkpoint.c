@@ -542,6 +542,17 @@ START_TEST(test_probe)
     const char *const names[] = {"w", NULL};
     write_u8("weights.dat", names);
     ck_assert(bm_checkpoint_probe(tp("weights.dat")));
+    /* JSON whitespace before the '{' (the reference accepts it) */
+    static const char spaced[] = "\x08\0\0\0\0\0\0\0 \n{ }   ";
+    bm_error err = {0};
+    ck_assert_int_eq(bm_write_file_atomic(tp("spaced.dat"), spaced, sizeof spaced - 1, &err),
+                     BM_OK);
+    ck_assert(bm_checkpoint_probe(tp("spaced.dat")));
+    bm_checkpoint *ck = open_ok(tp("spaced.dat"), false);
+    ck_assert_int_eq(ck->n_tensors, 0);
+    bm_checkpoint_close(ck);
+    ck_assert_int_eq(unlink(tp("spaced.dat")), 0);
+    ck_assert_int_eq(unlink(tp("weights.dat")), 0);
     ck_assert(!bm_checkpoint_probe(tmpdir));
     put("x.index.json", "{}");
     put("y.index.json", "{}");
