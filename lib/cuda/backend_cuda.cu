@@ -179,15 +179,24 @@ static size_t round_size(size_t n)
     return (n + big - 1) / big * big;
 }
 
+static void block_destroy(Block *b)
+{
+    if (b->freed_pending)
+        cudaEventSynchronize(b->freed);
+    if (b->uploaded)
+        cudaEventSynchronize(b->uploaded);
+    cudaFree(b->ptr);
+    cudaEventDestroy(b->freed);
+    if (b->uploaded)
+        cudaEventDestroy(b->uploaded);
+    delete b;
+}
+
 static void pool_trim_locked(Pool &p)
 {
     for (auto &kv : p.cached) {
-        Block *b = kv.second;
-        cudaEventSynchronize(b->freed);
-        cudaFree(b->ptr);
-        cudaEventDestroy(b->freed);
-        p.reserved -= b->size;
-        delete b;
+        p.reserved -= kv.second->size;
+        block_destroy(kv.second);
     }
     p.cached.clear();
     p.cached_bytes = 0;
@@ -220,7 +229,7 @@ static bm_status pool_alloc(Gpu *g, size_t size, void **out, bm_error *err)
             return cuda_fail(err, e, what);
         }
         try {
-            b = new Block{ptr, rs, nullptr, false};
+            b = new Block{ptr, rs, nullptr, false, nullptr, false};
         } catch (...) {
             cudaFree(ptr);
             return fail(err, BM_E_NOMEM, "out of host memory");
@@ -256,31 +265,43 @@ static void pool_free(Gpu *g, void *ptr)
         return;
     Block *b = it->second;
     p.live.erase(it);
+    if (b->upload_pending) {
+        /* freed before any operation used it: what reuses it on the
+         * compute stream comes after the DMA */
+        cudaStreamWaitEvent(g->compute, b->uploaded, 0);
+        b->upload_pending = false;
+        g->pending_uploads.fetch_sub(1);
+    }
     b->freed_pending = cudaEventRecord(b->freed, g->compute) == cudaSuccess;
     try {
         p.cached.insert({b->size, b});
         p.cached_bytes += b->size;
     } catch (...) {
-        cudaEventSynchronize(b->freed);
-        cudaFree(b->ptr);
-        cudaEventDestroy(b->freed);
         p.reserved -= b->size;
-        delete b;
+        block_destroy(b);
     }
 }
 
+static Block *pool_find_locked(Pool &p, const void *ptr)
+{
+    auto it = p.live.upper_bound((uintptr_t)ptr);
+    if (it == p.live.begin())
+        return nullptr;
+    --it;
+    return (uintptr_t)ptr < it->first + it->second->size ? it->second : nullptr;
+}
+
 /* Make `st` wait until the block holding `ptr` is no longer used by work
- * queued on the compute stream before it was last freed. */
-static bm_status pool_wait_reuse(Gpu *g, const void *ptr, cudaStream_t st, bm_error *err)
+ * queued on the compute stream before it was last freed; the block (NULL
+ * when `ptr` is not from the pool). */
+static bm_status pool_wait_reuse(Gpu *g, const void *ptr, cudaStream_t st, Block **out,
+                                 bm_error *err)
 {
     Pool &p = g->pool;
     std::lock_guard<std::mutex> lk(p.mu);
-    auto it = p.live.upper_bound((uintptr_t)ptr);
-    if (it == p.live.begin())
-        return BM_OK;
-    --it;
-    Block *b = it->second;
-    if ((uintptr_t)ptr >= it->first + b->size || !b->freed_pending)
+    Block *b = pool_find_locked(p, ptr);
+    *out = b;
+    if (!b || !b->freed_pending)
         return BM_OK;
     cudaError_t e = cudaStreamWaitEvent(st, b->freed, 0);
     return e == cudaSuccess ? BM_OK : cuda_fail(err, e, "upload (ordering)");
@@ -352,10 +373,15 @@ static void gaps_resolve(Gpu *g, bool wait)
         float ms = 0;
         if (q == cudaSuccess && cudaEventElapsedTime(&ms, gp.tail, gp.resume) == cudaSuccess) {
             std::lock_guard<std::mutex> lk(g->stats_mu);
-            g->st.idle_s += ms * 1e-3;
-            if (gp.upload_meanwhile)
-                g->st.idle_upload_s += ms * 1e-3;
-            g->st.idle_gaps++;
+            if (gp.upload_wait) {
+                g->st.upload_wait_s += ms * 1e-3;
+                g->st.upload_waits++;
+            } else {
+                g->st.idle_s += ms * 1e-3;
+                if (gp.upload_meanwhile)
+                    g->st.idle_upload_s += ms * 1e-3;
+                g->st.idle_gaps++;
+            }
         }
         (void)cudaGetLastError();
         try {
@@ -402,7 +428,7 @@ void op_begin(Gpu *g)
         return;
     }
     try {
-        g->gaps.push_back(Gap{g->tail, resume, g->uploads_done.load() != g->uploads_at_tail});
+        g->gaps.push_back(Gap{g->tail, resume, g->uploads_done.load() != g->uploads_at_tail, false});
     } catch (...) {
         g->spare_events.push_back(resume);
         return;
@@ -424,6 +450,49 @@ void op_end(Gpu *g)
     g->tail_valid = cudaEventRecord(g->tail, g->compute) == cudaSuccess;
     (void)cudaGetLastError();
     g->uploads_at_tail = g->uploads_done.load();
+}
+
+static void await_one(Gpu *g, const void *ptr)
+{
+    Pool &p = g->pool;
+    std::lock_guard<std::mutex> lk(p.mu);
+    Block *b = pool_find_locked(p, ptr);
+    if (!b || !b->upload_pending)
+        return;
+    b->upload_pending = false;
+    g->pending_uploads.fetch_sub(1);
+    /* the wait is queued under the lock: the event cannot be recorded
+     * again before (the block would have to be freed first) */
+    cudaEvent_t before = nullptr, after = nullptr;
+    if (g->timing && cudaEventQuery(b->uploaded) == cudaErrorNotReady) {
+        before = event_get(g);
+        after = event_get(g);
+    }
+    (void)cudaGetLastError();
+    if (before && after)
+        cudaEventRecord(before, g->compute);
+    cudaStreamWaitEvent(g->compute, b->uploaded, 0);
+    if (before && after) {
+        cudaEventRecord(after, g->compute);
+        try {
+            g->gaps.push_back(Gap{before, after, true, true});
+            return;
+        } catch (...) {
+        }
+    }
+    if (before)
+        g->spare_events.push_back(before);
+    if (after)
+        g->spare_events.push_back(after);
+}
+
+void await_uploads(Gpu *g, std::initializer_list<const void *> ptrs)
+{
+    if (g->pending_uploads.load() == 0)
+        return;
+    for (const void *p : ptrs)
+        if (p)
+            await_one(g, p);
 }
 
 /* ------------------------------------------------------------------------
@@ -487,8 +556,11 @@ static bool host_pinned(const void *p)
 }
 
 /* An upload from another thread (the prefetcher): on the copy stream, so
- * it overlaps the compute stream's kernels; complete when this returns, so
- * the runtime may hand the buffer to the compute thread at once. */
+ * it overlaps the compute stream's kernels. It returns once the bytes are
+ * staged (the source is no longer needed), with the DMA possibly still in
+ * flight: the block's `uploaded` event, which the compute stream waits for
+ * before the block's first use (await_uploads), so that the staging of the
+ * next tensor overlaps this one's DMA and the link never drains. */
 static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src, size_t n,
                                  bm_error *err)
 {
@@ -498,7 +570,8 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
         e = cudaStreamSynchronize(g->compute); /* no operation ran yet: cheap */
     if (e != cudaSuccess)
         return cuda_fail(err, e, "upload");
-    bm_status s = pool_wait_reuse(g, dst, g->copy, err);
+    Block *b = nullptr;
+    bm_status s = pool_wait_reuse(g, dst, g->copy, &b, err);
     if (s != BM_OK)
         return s;
     bool pinned = n >= PARALLEL_COPY_MIN && host_pinned(src);
@@ -511,7 +584,20 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
         if (s != BM_OK)
             return s;
     }
-    e = cudaStreamSynchronize(g->copy);
+    if (pinned || !b) {
+        /* the DMA reads the caller's memory, or there is no block to mark */
+        e = cudaStreamSynchronize(g->copy);
+    } else {
+        std::lock_guard<std::mutex> lk(g->pool.mu);
+        if (!b->uploaded)
+            e = cudaEventCreateWithFlags(&b->uploaded, cudaEventDisableTiming);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(b->uploaded, g->copy);
+        if (e == cudaSuccess && !b->upload_pending) {
+            b->upload_pending = true;
+            g->pending_uploads.fetch_add(1);
+        }
+    }
     if (e != cudaSuccess)
         return cuda_fail(err, e, "upload");
     g->uploads_done.fetch_add(1);
@@ -576,11 +662,8 @@ static void gpu_destroy(Gpu *g)
     {
         std::lock_guard<std::mutex> lk(g->pool.mu);
         pool_trim_locked(g->pool);
-        for (auto &kv : g->pool.live) {
-            cudaFree(kv.second->ptr);
-            cudaEventDestroy(kv.second->freed);
-            delete kv.second;
-        }
+        for (auto &kv : g->pool.live)
+            block_destroy(kv.second);
         g->pool.live.clear();
     }
     ring_destroy(g->ring_compute);
@@ -728,14 +811,15 @@ static void write_report(Backend *be)
                  " \"streamed_calls\": %llu, \"pinned_source_bytes\": %llu,\n"
                  "     \"inline_upload_bytes\": %llu, \"inline_upload_s\": %.6f,\n"
                  "     \"ops\": %llu, \"gpu_idle_s\": %.6f, \"gpu_idle_waiting_on_uploads_s\": %.6f,"
-                 " \"idle_gaps\": %llu,\n"
+                 " \"idle_gaps\": %llu, \"upload_waits\": %llu,\n"
                  "     \"pool_reserved_peak_bytes\": %llu, \"pool_cuda_mallocs\": %llu}",
                  first ? "" : ",", p, name, (unsigned long long)be->props[p].totalGlobalMem,
                  (unsigned long long)st.streamed_bytes, st.streamed_s,
                  st.streamed_s > 0 ? (double)st.streamed_bytes / st.streamed_s / 1e9 : 0.0,
                  (unsigned long long)st.streamed_calls, (unsigned long long)st.pinned_src_bytes,
                  (unsigned long long)st.inline_bytes, st.inline_s, (unsigned long long)st.ops,
-                 st.idle_s, st.idle_upload_s, (unsigned long long)st.idle_gaps,
+                 st.idle_s + st.upload_wait_s, st.idle_upload_s + st.upload_wait_s,
+                 (unsigned long long)st.idle_gaps, (unsigned long long)st.upload_waits,
                  (unsigned long long)g->pool.reserved_peak,
                  (unsigned long long)g->pool.n_cuda_malloc);
         j += buf;
@@ -860,10 +944,11 @@ static bm_status cu_init(const bm_backend_config *cfg, void **state, bm_error *e
         delete be;
         return fail(err, BM_E_INVALID, "BMPLAN_CUDA_ATTN='%s': expected fused or gemm", attn);
     }
+    /* staging copies use up to half the cores (at most 8), whatever
+     * --threads says: that is for the CPU backend's operations */
+    (void)cfg;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int helpers = (int)(cores > 1 ? cores / 2 : 1);
-    if (cfg && cfg->threads > 0 && cfg->threads < helpers)
-        helpers = cfg->threads;
     if (helpers > 8)
         helpers = 8;
     const char *ct = getenv("BMPLAN_CUDA_COPY_THREADS");
@@ -993,8 +1078,10 @@ static bm_status cu_upload(void *dev, void *dst, const void *src, uint64_t n, bm
     bm_status s = set_device(d, err);
     if (s != BM_OK)
         return s;
-    if (is_owner(d->g))
+    if (is_owner(d->g)) {
+        await_uploads(d->g, {dst});
         return upload_inline(d->be, d->g, dst, src, (size_t)n, err);
+    }
     return upload_streamed(d->be, d->g, dst, src, (size_t)n, err);
 }
 
@@ -1007,6 +1094,7 @@ static bm_status cu_download(void *dev, void *host_dst, const void *src, uint64_
     bm_status s = set_device(d, err);
     if (s != BM_OK)
         return s;
+    await_uploads(d->g, {src});
     cudaError_t e = cudaMemcpyAsync(host_dst, src, (size_t)n, cudaMemcpyDeviceToHost,
                                     d->g->compute);
     if (e == cudaSuccess)
@@ -1025,15 +1113,19 @@ static bm_status cu_copy(void *dst_dev, void *dst, void *src_dev, const void *sr
     if (s != BM_OK)
         return s;
     op_begin(dg);
+    await_uploads(dg, {dst, src});
     cudaError_t e;
     if (dg == sg) {
         e = cudaMemcpyAsync(dst, src, (size_t)n, cudaMemcpyDeviceToDevice, dg->compute);
     } else {
-        /* after the source GPU's queued work; the source GPU's later work
-         * (a free, a reuse) waits for the copy */
+        /* after the source GPU's queued work (and uploads into the
+         * source); the source GPU's later work (a free, a reuse) waits
+         * for the copy */
         e = cudaSetDevice(sg->ordinal);
-        if (e == cudaSuccess)
+        if (e == cudaSuccess) {
+            await_uploads(sg, {src});
             e = cudaEventRecord(sg->xfer, sg->compute);
+        }
         if (e == cudaSuccess)
             e = cudaSetDevice(dg->ordinal);
         if (e == cudaSuccess)
@@ -1046,6 +1138,7 @@ static bm_status cu_copy(void *dst_dev, void *dst, void *src_dev, const void *sr
             e = cudaSetDevice(sg->ordinal);
         if (e == cudaSuccess)
             e = cudaStreamWaitEvent(sg->compute, dg->xfer, 0);
+        cudaSetDevice(dg->ordinal); /* op_end's events belong to dg */
     }
     op_end(dg);
     return e == cudaSuccess ? BM_OK : cuda_fail(err, e, "copy between devices");
@@ -1064,13 +1157,14 @@ static bm_status cu_synchronize(void *dev, bm_error *err)
 }
 
 /* Every operation: on its GPU, marked for the owner thread and idle gaps. */
-#define OP(call)                                                                            \
+#define OP(ptrs, call)                                                                      \
     do {                                                                                    \
         Dev *d = D(dev);                                                                    \
         bm_status s_ = set_device(d, err);                                                  \
         if (s_ != BM_OK)                                                                    \
             return s_;                                                                      \
         op_begin(d->g);                                                                     \
+        await_uploads(d->g, std::initializer_list<const void *> ptrs);                      \
         s_ = (call);                                                                        \
         op_end(d->g);                                                                       \
         return s_;                                                                          \
@@ -1080,32 +1174,32 @@ static bm_status cu_linear(void *dev, float *y, const float *x, int64_t M, int64
                            const void *w, bm_dtype wdt, bool w_kn, const void *bias,
                            bm_dtype act, bm_error *err)
 {
-    OP(k_linear(d, y, x, M, K, N, w, wdt, w_kn, bias, act, err));
+    OP(({y, x, w, bias}), k_linear(d, y, x, M, K, N, w, wdt, w_kn, bias, act, err));
 }
 
 static bm_status cu_embed(void *dev, float *y, const int32_t *ids, int64_t M, const void *table,
                           bm_dtype tdt, int64_t V, int64_t Dm, bm_error *err)
 {
-    OP(k_embed(d, y, ids, M, table, tdt, V, Dm, err));
+    OP(({y, ids, table}), k_embed(d, y, ids, M, table, tdt, V, Dm, err));
 }
 
 static bm_status cu_rmsnorm(void *dev, float *y, const float *x, int64_t M, int64_t Dm,
                             const void *w, bm_dtype wdt, float eps, bm_dtype act, bm_error *err)
 {
-    OP(k_rmsnorm(d, y, x, M, Dm, w, wdt, eps, act, err));
+    OP(({y, x, w}), k_rmsnorm(d, y, x, M, Dm, w, wdt, eps, act, err));
 }
 
 static bm_status cu_layernorm(void *dev, float *y, const float *x, int64_t M, int64_t Dm,
                               const void *w, const void *b, bm_dtype wdt, float eps,
                               bm_dtype act, bm_error *err)
 {
-    OP(k_layernorm(d, y, x, M, Dm, w, b, wdt, eps, act, err));
+    OP(({y, x, w, b}), k_layernorm(d, y, x, M, Dm, w, b, wdt, eps, act, err));
 }
 
 static bm_status cu_rope(void *dev, float *x, int64_t M, int64_t H, int64_t hd, int64_t pos0,
                          float theta, bm_dtype act, bm_error *err)
 {
-    OP(k_rope(d, x, M, H, hd, pos0, theta, act, err));
+    OP(({x}), k_rope(d, x, M, H, hd, pos0, theta, act, err));
 }
 
 static bm_status cu_attention(void *dev, float *out, const float *q, int64_t ldq, int64_t M,
@@ -1113,24 +1207,24 @@ static bm_status cu_attention(void *dev, float *out, const float *q, int64_t ldq
                               int64_t Hkv, int64_t pos0, float scale, bm_dtype act,
                               bm_error *err)
 {
-    OP(k_attention(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err));
+    OP(({out, q, kc, vc}), k_attention(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err));
 }
 
 static bm_status cu_silu_mul(void *dev, float *g, const float *u, int64_t n, bm_dtype act,
                              bm_error *err)
 {
-    OP(k_silu_mul(d, g, u, n, act, err));
+    OP(({g, u}), k_silu_mul(d, g, u, n, act, err));
 }
 
 static bm_status cu_gelu_tanh(void *dev, float *x, int64_t n, bm_dtype act, bm_error *err)
 {
-    OP(k_gelu_tanh(d, x, n, act, err));
+    OP(({x}), k_gelu_tanh(d, x, n, act, err));
 }
 
 static bm_status cu_add(void *dev, float *x, const float *y, int64_t n, bm_dtype act,
                         bm_error *err)
 {
-    OP(k_add(d, x, y, n, act, err));
+    OP(({x, y}), k_add(d, x, y, n, act, err));
 }
 
 static bm_status copy2d_run(Dev *d, float *dst, int64_t ldd, const float *src, int64_t lds,
@@ -1167,7 +1261,7 @@ static bm_status copy2d_run(Dev *d, float *dst, int64_t ldd, const float *src, i
 static bm_status cu_copy2d(void *dev, float *dst, int64_t ldd, const float *src, int64_t lds,
                            int64_t rows, int64_t cols, bm_error *err)
 {
-    OP(copy2d_run(d, dst, ldd, src, lds, rows, cols, err));
+    OP(({dst, src}), copy2d_run(d, dst, ldd, src, lds, rows, cols, err));
 }
 
 static bm_backend_ops make_ops()

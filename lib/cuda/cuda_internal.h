@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -44,6 +45,11 @@ struct Block {
     size_t size;
     cudaEvent_t freed;  /* recorded on the compute stream when freed */
     bool freed_pending; /* `freed` was recorded since the last cudaMalloc */
+    /* an upload from another thread returns once its bytes are staged;
+     * `uploaded` (copy stream) marks the end of its DMA, and the compute
+     * stream waits for it before the first operation that uses the block */
+    cudaEvent_t uploaded;
+    bool upload_pending;
 };
 
 struct Pool {
@@ -94,22 +100,26 @@ private:
 
 struct Stats {
     uint64_t streamed_bytes = 0;  /* uploads from other threads (prefetch) */
-    double streamed_s = 0;        /* wall time inside those uploads */
+    double streamed_s = 0;        /* wall time inside those uploads (until
+                                     their bytes were staged) */
     uint64_t streamed_calls = 0;
     uint64_t inline_bytes = 0;    /* uploads from the compute thread */
     double inline_s = 0;
     uint64_t pinned_src_bytes = 0;/* of all uploads: sources already pinned */
     uint64_t ops = 0;
     double idle_s = 0;            /* compute stream empty before an op */
-    double idle_upload_s = 0;     /* ... while an upload finished meanwhile */
+    double idle_upload_s = 0;     /* ... while an upload was submitted */
     uint64_t idle_gaps = 0;
+    double upload_wait_s = 0;     /* compute stream blocked on an upload */
+    uint64_t upload_waits = 0;
 };
 
 /* An idle gap being measured: from `tail` (end of the previous op) to
  * `resume` (start of the next). */
 struct Gap {
     cudaEvent_t tail, resume;
-    bool upload_meanwhile;
+    bool upload_meanwhile; /* an upload was submitted during the gap */
+    bool upload_wait;      /* the compute stream waited for an upload's DMA */
 };
 
 struct Gpu {
@@ -137,6 +147,7 @@ struct Gpu {
     bool timing = false;
     std::mutex stats_mu;
     Stats st;
+    std::atomic<int> pending_uploads{0}; /* blocks with upload_pending */
     std::atomic<uint64_t> uploads_done{0};
     uint64_t uploads_at_tail = 0;
     cudaEvent_t tail = nullptr;
@@ -172,6 +183,9 @@ void *scratch_get(Gpu *g, size_t n, bm_error *err);
 /* Mark the start / end of an operation (owner thread, idle gaps). */
 void op_begin(Gpu *g);
 void op_end(Gpu *g);
+/* Before an operation reads or writes these device pointers: the compute
+ * stream waits for streamed uploads into them still in flight. */
+void await_uploads(Gpu *g, std::initializer_list<const void *> ptrs);
 /* Upload from the compute thread, in order on the compute stream. */
 bm_status upload_inline(Backend *be, Gpu *g, void *dst, const void *src, size_t n,
                         bm_error *err);

@@ -782,7 +782,7 @@ bm_status k_attention(Dev *d, float *out, const float *q, int64_t ldq, int64_t M
                       float scale, bm_dtype act, bm_error *err)
 {
     Gpu *g = d->g;
-    if (Hkv <= 0 || Hq % Hkv || M <= 0 || hd <= 0 || pos0 < 0)
+    if (Hkv <= 0 || Hq <= 0 || Hq % Hkv || M <= 0 || hd <= 0 || pos0 < 0)
         return fail(err, BM_E_INVALID, "attention: %lld query heads, %lld kv heads",
                     (long long)Hq, (long long)Hkv);
     if (hd > INT32_MAX / Hq || ldq < Hq * hd)
