@@ -10,6 +10,8 @@
 /* One line per subcommand; `bmplan --help` lists them in this order. */
 const cli_command cli_commands[] = {
     {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
+    {"graph", cmd_graph, "write a model graph file from a config.json or a checkpoint"},
+    {"run", cmd_run, "run a model dispatched by its device map (also: bmrun)"},
     {NULL, NULL, NULL},
 };
 

@@ -11,6 +11,7 @@
 #include "checkpoint.h"
 #include "safetensors.h"
 #include "strtab.h"
+#include "torchbin.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -301,11 +302,38 @@ static bm_status read_safetensors(bm_checkpoint *ck, int32_t fi, bm_error *err)
     return st;
 }
 
+/* A torch.save zip (formats/torchbin.c): tensors in state-dict order, views
+ * keep their strides (bm_checkpoint_read gathers them), tensors sharing a
+ * storage share a storage_key. */
 static bm_status read_torchbin(bm_checkpoint *ck, int32_t fi, bm_error *err)
 {
-    return bm_fail(err, BM_E_UNSUPPORTED,
-                   "%s: PyTorch .bin checkpoints are not supported yet",
-                   ck->files[fi].path);
+    bm_ckpt_file *f = &ck->files[fi];
+    bm_status st = bm_ckpt_file_open(f, ck->impl->no_mmap, err);
+    if (st)
+        return st;
+    bm_byte_source src = {.map = f->map, .fd = f->fd, .size = f->size};
+    bm_torchbin *tb;
+    st = bm_torchbin_load(&src, f->path, &tb, err);
+    if (st)
+        return st;
+    for (int32_t i = 0; i < tb->n_tensors && !st; i++) {
+        const bm_torchbin_tensor *s = &tb->tensors[i];
+        bm_ckpt_tensor t = {0};
+        t.name = s->name;
+        t.dtype = s->dtype;
+        t.ndim = s->ndim;
+        memcpy(t.shape, s->shape, sizeof t.shape);
+        memcpy(t.stride, s->stride, sizeof t.stride);
+        t.numel = s->numel;
+        t.nbytes = s->nbytes;
+        t.file = fi;
+        t.offset = s->file_offset;
+        t.contiguous = s->contiguous;
+        t.storage_key = ((uint64_t)(uint32_t)fi << 32) | (uint32_t)s->storage;
+        st = bm_checkpoint_add_tensor(ck, &t, err);
+    }
+    bm_torchbin_free(tb);
+    return st;
 }
 
 static const ckpt_reader readers[] = {

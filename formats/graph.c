@@ -14,6 +14,11 @@
  * streaming, so a deep file fails before it is read in full), at most
  * BM_GRAPH_MAX_NODES values; and before anything is built, the size of the
  * expanded tree is computed and capped at BM_GRAPH_MAX_ENTRIES.
+ *
+ * The writer prints both syntaxes itself rather than through libyaml's
+ * emitter or json_dumps: the layout (block modules, one-line leaves and
+ * tensors), the quoting and the float spelling stay fixed, so output is
+ * byte-for-byte reproducible across library versions.
  */
 #include "graph.h"
 #include "strtab.h"
@@ -360,25 +365,35 @@ static double text_real(const char *s)
     return strtod(s, NULL);
 }
 
-/* Shortest text that reads back as the same double, always recognisable as
- * a float in both YAML and JSON ("1.0", "1.0e-05"). */
+/* Text that reads back as the same double, written as Python's repr()
+ * writes it (shortest digits; plain notation for exponents -4..15), with
+ * ".0" kept so YAML and JSON readers see a float: "10000.0", "1.0e-05". */
 static void format_real(double v, char *buf, size_t cap)
 {
-    char tmp[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+    char tmp[48];
+    if (!isfinite(v)) {
+        snprintf(buf, cap, "%s", isnan(v) ? ".nan" : v < 0 ? "-.inf" : ".inf");
+        return;
+    }
+    int prec = 1;
+    for (; prec < 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, v);
         if (strtod(tmp, NULL) == v)
             break;
     }
-    char *e = strchr(tmp, 'e');
-    bool has_dot = strchr(tmp, '.') != NULL;
-    if (has_dot || isnan(v) || isinf(v)) {
-        snprintf(buf, cap, "%s", tmp);
-    } else if (e) {
-        snprintf(buf, cap, "%.*s.0%s", (int)(e - tmp), tmp, e);
-    } else {
-        snprintf(buf, cap, "%s.0", tmp);
+    snprintf(tmp, sizeof tmp, "%.*e", prec - 1, v);
+    int exp10 = atoi(strchr(tmp, 'e') + 1);
+    if (exp10 >= -4 && exp10 < 16) {
+        int decimals = prec - 1 - exp10;
+        snprintf(tmp, sizeof tmp, "%.*f", decimals > 0 ? decimals : 0, v);
+        snprintf(buf, cap, strchr(tmp, '.') ? "%s" : "%s.0", tmp);
+        return;
     }
+    char *e = strchr(tmp, 'e');
+    if (memchr(tmp, '.', (size_t)(e - tmp)))
+        snprintf(buf, cap, "%s", tmp);
+    else
+        snprintf(buf, cap, "%.*s.0%s", (int)(e - tmp), tmp, e);
 }
 
 /* ------------------------------------------------------------------------
@@ -734,6 +749,7 @@ struct gp {
     bm_error *err;
     char *path; /* dotted name of the module being read, for messages */
     size_t n_path, cap_path;
+    uint32_t max_entries;
 };
 
 static bm_status gfail(struct gp *g, uint32_t node, bm_status code,
@@ -833,14 +849,14 @@ static bm_status take_keys(struct gp *g, uint32_t m, const char *const *names,
 /* Expanded size of a module node (itself, its tensors, its submodules),
  * saturated just above the cap. Tolerates malformed nodes: they fail later
  * with a precise message. *culprit gets the first repeat that overflows. */
-static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit)
+static uint64_t count_entries(const struct doc *d, uint32_t m, uint64_t max,
+                              uint32_t *culprit)
 {
-    const uint64_t cap = (uint64_t)BM_GRAPH_MAX_ENTRIES + 1;
+    const uint64_t cap = max + 1;
     if (d->nodes[m].type != T_MAP)
         return 1;
-    uint64_t n = 1, reps = 0, tmpl = 0;
-    uint32_t repeat_node = NO_NODE;
-    bool has_tmpl = false;
+    uint64_t n = 1, reps = 0;
+    uint32_t repeat_node = NO_NODE, tmpl_node = NO_NODE;
     for (uint32_t i = 0; i < d->nodes[m].b; i++) {
         const char *k = ntext(d, map_key(d, m, i));
         uint32_t v = map_val(d, m, i);
@@ -849,7 +865,7 @@ static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit
             n += vn->b;
         } else if (!strcmp(k, "modules") && vn->type == T_MAP) {
             for (uint32_t j = 0; j < vn->b; j++)
-                n += count_entries(d, map_val(d, v, j), culprit);
+                n += count_entries(d, map_val(d, v, j), max, culprit);
         } else if (!strcmp(k, "repeat") && vn->type == T_INT) {
             int64_t r;
             if (text_int(ntext(d, v), &r) && r > 0) {
@@ -857,15 +873,15 @@ static uint64_t count_entries(const struct doc *d, uint32_t m, uint32_t *culprit
                 repeat_node = v;
             }
         } else if (!strcmp(k, "template")) {
-            tmpl = count_entries(d, v, culprit);
-            has_tmpl = true;
+            tmpl_node = v;
         }
         if (n > cap)
             n = cap;
     }
-    if (has_tmpl && reps) {
-        uint64_t t;
-        if (__builtin_mul_overflow(reps, tmpl, &t) || t > cap) {
+    /* a template used zero times adds nothing */
+    if (tmpl_node != NO_NODE && reps) {
+        uint64_t t, tmpl = count_entries(d, tmpl_node, max, culprit);
+        if (__builtin_mul_overflow(reps, tmpl, &t) || t > max) {
             t = cap;
             if (*culprit == NO_NODE)
                 *culprit = repeat_node;
@@ -1049,15 +1065,19 @@ static bm_status build_module(struct gp *g, uint32_t node, uint32_t key,
                 goto out;
     }
     if (s[K_REPEAT] != NO_NODE) {
-        char name[24];
-        for (int64_t i = 0; i < reps; i++) {
-            snprintf(name, sizeof name, "%" PRId64, i);
-            if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, name, idx, dry)))
+        /* a template used zero times is still checked, once: when only
+         * checking, one copy says all there is to say */
+        if (dry || reps == 0) {
+            if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, "0", idx, true)))
                 goto out;
+        } else {
+            char name[24];
+            for (int64_t i = 0; i < reps; i++) {
+                snprintf(name, sizeof name, "%" PRId64, i);
+                if ((st = build_module(g, s[K_TEMPLATE], NO_NODE, name, idx, false)))
+                    goto out;
+            }
         }
-        /* still check a template that is used zero times */
-        if (reps == 0 && (st = build_module(g, s[K_TEMPLATE], NO_NODE, "0", idx, true)))
-            goto out;
     }
     st = BM_OK;
 out:
@@ -1257,14 +1277,13 @@ static bm_status build_graph(struct gp *g)
         }
     }
     uint32_t culprit = NO_NODE;
-    if (count_entries(d, s[K_ROOT], &culprit) > BM_GRAPH_MAX_ENTRIES) {
+    if (count_entries(d, s[K_ROOT], g->max_entries, &culprit) > g->max_entries) {
         if (culprit != NO_NODE)
             return gfail(g, culprit, BM_E_FORMAT,
                          "'repeat: %.40s' expands the graph beyond %u modules and "
-                         "tensors", T(g, culprit), BM_GRAPH_MAX_ENTRIES);
+                         "tensors", T(g, culprit), g->max_entries);
         return gfail(g, s[K_ROOT], BM_E_FORMAT,
-                     "the graph has more than %u modules and tensors",
-                     BM_GRAPH_MAX_ENTRIES);
+                     "the graph has more than %u modules and tensors", g->max_entries);
     }
     if ((st = build_module(g, s[K_ROOT], NO_NODE, NULL, BM_NONE, false)))
         return st;
@@ -1275,7 +1294,8 @@ static bm_status build_graph(struct gp *g)
 }
 
 static bm_status parse_doc(const char *data, size_t len, const char *source,
-                           bool json, bm_tree **out, bm_error *err)
+                           bool json, uint32_t max_entries, bm_tree **out,
+                           bm_error *err)
 {
     *out = NULL;
     const char *src = source ? source : "graph";
@@ -1285,6 +1305,9 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
                           BM_GRAPH_MAX_BYTES);
     if (!data && len)
         return bm_fail(err, BM_E_INTERNAL, "no data to parse");
+    /* a UTF-8 byte order mark says nothing more than UTF-8 */
+    if (data && len >= 3 && memcmp(data, "\xef\xbb\xbf", 3) == 0)
+        data += 3, len -= 3;
     struct doc d = {.source = src, .err = err, .root = NO_NODE};
     bm_status st = json ? json_build(&d, data ? data : "", len)
                         : yaml_build(&d, data ? data : "", len);
@@ -1292,7 +1315,7 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
         doc_free(&d);
         return st;
     }
-    struct gp g = {.d = &d, .src = src, .err = err};
+    struct gp g = {.d = &d, .src = src, .err = err, .max_entries = max_entries};
     if (!(g.tree = bm_tree_new())) {
         st = doc_nomem(&d);
         doc_free(&d);
@@ -1312,26 +1335,36 @@ static bm_status parse_doc(const char *data, size_t len, const char *source,
 bm_status bm_graph_parse_yaml(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err)
 {
-    return parse_doc(data, len, source, false, out, err);
+    return parse_doc(data, len, source, false, BM_GRAPH_MAX_ENTRIES, out, err);
 }
 
 bm_status bm_graph_parse_json(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err)
 {
-    return parse_doc(data, len, source, true, out, err);
+    return parse_doc(data, len, source, true, BM_GRAPH_MAX_ENTRIES, out, err);
+}
+
+bm_status bm_graph_parse_capped(const char *data, size_t len, const char *source,
+                                uint32_t max_entries, bm_tree **out, bm_error *err)
+{
+    size_t i = 0;
+    if (max_entries == 0 || max_entries > BM_GRAPH_MAX_ENTRIES)
+        max_entries = BM_GRAPH_MAX_ENTRIES;
+    if (len > BM_GRAPH_MAX_BYTES || !data)
+        return parse_doc(data, len, source, false, max_entries, out, err);
+    if (len >= 3 && memcmp(data, "\xef\xbb\xbf", 3) == 0)
+        i = 3;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
+                       data[i] == '\r'))
+        i++;
+    bool json = i < len && data[i] == '{';
+    return parse_doc(data, len, source, json, max_entries, out, err);
 }
 
 bm_status bm_graph_parse(const char *data, size_t len, const char *source,
                          bm_tree **out, bm_error *err)
 {
-    size_t i = 0;
-    if (len > BM_GRAPH_MAX_BYTES || !data)
-        return parse_doc(data, len, source, false, out, err);
-    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' ||
-                       data[i] == '\r'))
-        i++;
-    bool json = i < len && data[i] == '{';
-    return parse_doc(data, len, source, json, out, err);
+    return bm_graph_parse_capped(data, len, source, 0, out, err);
 }
 
 bm_status bm_graph_load(const char *path, bm_tree **out, bm_error *err)
@@ -1345,4 +1378,825 @@ bm_status bm_graph_load(const char *path, bm_tree **out, bm_error *err)
     st = bm_graph_parse(data, len, path, out, err);
     free(data);
     return st;
+}
+
+/* ------------------------------------------------------------------------
+ * Writer
+ * ------------------------------------------------------------------------ */
+
+/* Modules deeper than this would nest past BM_GRAPH_MAX_DEPTH in the file
+ * (two levels per module, five around the deepest tensor), so the reader
+ * could not take the output back. */
+#define WRITE_MAX_MODULE_DEPTH ((BM_GRAPH_MAX_DEPTH - 5) / 2)
+/* Longer YAML keys use the explicit "? key" form: libyaml looks at most
+ * 1024 characters ahead for the ':' of an implicit key. */
+#define YAML_IMPLICIT_KEY_MAX 200
+
+struct sb {
+    char *p;
+    size_t n, cap;
+    bool oom;
+};
+
+static void sb_add(struct sb *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (!grow((void **)&b->p, &b->cap, b->n + n + 1, 1)) {
+        b->oom = true;
+        return;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void sb_str(struct sb *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
+
+static void sb_fmt(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_fmt(struct sb *b, const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        sb_add(b, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+static void sb_indent(struct sb *b, int n)
+{
+    static const char spaces[] = "                                ";
+    while (n > 0) {
+        int k = n < 32 ? n : 32;
+        sb_add(b, spaces, (size_t)k);
+        n -= k;
+    }
+}
+
+struct gw {
+    const bm_tree *t;
+    struct sb b;
+    uint64_t *hash; /* structure of each module's subtree */
+    int32_t *rep;   /* N when the module's children are written as repeat N */
+    bm_error *err;
+    bm_status st;   /* first failure while writing */
+};
+
+static void gw_fail(struct gw *w, bm_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void gw_fail(struct gw *w, bm_status code, const char *fmt, ...)
+{
+    if (w->st)
+        return;
+    char what[BM_ERROR_MSG];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    w->st = bm_fail(w->err, code, "cannot write the graph: %s", what);
+}
+
+/* Decode one UTF-8 code point at s[*i]; false when the bytes are not
+ * well-formed UTF-8 (overlong forms, surrogates and > U+10FFFF included). */
+static bool utf8_next(const unsigned char *s, size_t n, size_t *i, uint32_t *cp)
+{
+    unsigned c = s[*i];
+    int len;
+    uint32_t min;
+    if (c < 0x80) {
+        *cp = c;
+        (*i)++;
+        return true;
+    } else if ((c & 0xE0) == 0xC0) {
+        len = 2, min = 0x80, *cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+        len = 3, min = 0x800, *cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+        len = 4, min = 0x10000, *cp = c & 0x07;
+    } else {
+        return false;
+    }
+    if (*i + (size_t)len > n)
+        return false;
+    for (int k = 1; k < len; k++) {
+        unsigned x = s[*i + (size_t)k];
+        if ((x & 0xC0) != 0x80)
+            return false;
+        *cp = (*cp << 6) | (x & 0x3F);
+    }
+    if (*cp < min || *cp > 0x10FFFF || (*cp >= 0xD800 && *cp <= 0xDFFF))
+        return false;
+    *i += (size_t)len;
+    return true;
+}
+
+static bool check_utf8(struct gw *w, const char *s)
+{
+    size_t n = strlen(s), i = 0;
+    uint32_t cp;
+    while (i < n)
+        if (!utf8_next((const unsigned char *)s, n, &i, &cp)) {
+            gw_fail(w, BM_E_INVALID, "'%.200s' is not valid UTF-8", s);
+            return false;
+        }
+    return true;
+}
+
+/* --- YAML --- */
+
+static bool yaml_plain_ok(const char *s)
+{
+    static const char *const yaml11_words[] = {
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO",
+        "on", "On", "ON", "off", "Off", "OFF"};
+    size_t n = strlen(s);
+    if (n == 0)
+        return false;
+    char c = s[0];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == '/'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '/' ||
+              c == '-' || c == '+'))
+            return false;
+    }
+    if (resolve_plain(s, n) != T_STR)
+        return false;
+    /* YAML 1.1 readers (PyYAML) take these as booleans */
+    for (size_t i = 0; i < sizeof yaml11_words / sizeof *yaml11_words; i++)
+        if (strcmp(s, yaml11_words[i]) == 0)
+            return false;
+    return true;
+}
+
+static void y_scalar(struct gw *w, const char *s)
+{
+    if (yaml_plain_ok(s)) {
+        sb_str(&w->b, s);
+        return;
+    }
+    if (!check_utf8(w, s))
+        return;
+    sb_add(&w->b, "\"", 1);
+    size_t n = strlen(s), i = 0;
+    while (i < n) {
+        size_t start = i;
+        uint32_t cp;
+        utf8_next((const unsigned char *)s, n, &i, &cp);
+        switch (cp) {
+        case '"':
+            sb_str(&w->b, "\\\"");
+            break;
+        case '\\':
+            sb_str(&w->b, "\\\\");
+            break;
+        case '\n':
+            sb_str(&w->b, "\\n");
+            break;
+        case '\t':
+            sb_str(&w->b, "\\t");
+            break;
+        case '\r':
+            sb_str(&w->b, "\\r");
+            break;
+        case 0x2028:
+            sb_str(&w->b, "\\L");
+            break;
+        case 0x2029:
+            sb_str(&w->b, "\\P");
+            break;
+        default:
+            /* what YAML does not allow raw in a document, or would fold */
+            if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
+                sb_fmt(&w->b, "\\x%02X", (unsigned)cp);
+            else if (cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF)
+                sb_fmt(&w->b, "\\u%04X", (unsigned)cp);
+            else
+                sb_add(&w->b, s + start, i - start);
+        }
+    }
+    sb_add(&w->b, "\"", 1);
+}
+
+/* "KEY:" at indentation ind; the caller writes " value\n" or "\n" and a
+ * nested block. */
+static void y_key(struct gw *w, const char *k, int ind)
+{
+    sb_indent(&w->b, ind);
+    if (strlen(k) > YAML_IMPLICIT_KEY_MAX) {
+        sb_str(&w->b, "? ");
+        y_scalar(w, k);
+        sb_add(&w->b, "\n", 1);
+        sb_indent(&w->b, ind);
+        sb_add(&w->b, ":", 1);
+        return;
+    }
+    y_scalar(w, k);
+    sb_add(&w->b, ":", 1);
+}
+
+static void w_number(struct gw *w, json_t *v)
+{
+    char buf[64];
+    if (json_is_integer(v)) {
+        sb_fmt(&w->b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    } else {
+        format_real(json_real_value(v), buf, sizeof buf);
+        sb_str(&w->b, buf);
+    }
+}
+
+static bool json_is_scalar(json_t *v)
+{
+    return !json_is_object(v) && !json_is_array(v);
+}
+
+static void y_json_scalar(struct gw *w, json_t *v)
+{
+    if (json_is_string(v)) {
+        if (strlen(json_string_value(v)) != json_string_length(v))
+            gw_fail(w, BM_E_INVALID, "a string in 'config' holds a NUL character");
+        else
+            y_scalar(w, json_string_value(v));
+    } else if (json_is_number(v)) {
+        w_number(w, v);
+    } else {
+        sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
+    }
+}
+
+/* A config value, written after "key:" (or "-") at indentation ind. */
+static void y_json(struct gw *w, json_t *v, int ind, int depth)
+{
+    if (depth > BM_GRAPH_MAX_DEPTH - 2) {
+        gw_fail(w, BM_E_UNSUPPORTED, "'config' nests deeper than %d levels",
+                BM_GRAPH_MAX_DEPTH - 2);
+        return;
+    }
+    if (json_is_object(v)) {
+        if (json_object_size(v) == 0) {
+            sb_str(&w->b, " {}\n");
+            return;
+        }
+        sb_add(&w->b, "\n", 1);
+        for (void *it = json_object_iter(v); it && !w->st; it = json_object_iter_next(v, it)) {
+            const char *k = json_object_iter_key(it);
+            if (strlen(k) != json_object_iter_key_len(it)) {
+                gw_fail(w, BM_E_INVALID, "a key in 'config' holds a NUL character");
+                return;
+            }
+            y_key(w, k, ind);
+            y_json(w, json_object_iter_value(it), ind + 2, depth + 1);
+        }
+    } else if (json_is_array(v)) {
+        size_t n = json_array_size(v);
+        bool flat = true;
+        for (size_t i = 0; i < n; i++)
+            flat = flat && json_is_scalar(json_array_get(v, i));
+        if (flat) {
+            sb_str(&w->b, " [");
+            for (size_t i = 0; i < n; i++) {
+                if (i)
+                    sb_str(&w->b, ", ");
+                y_json_scalar(w, json_array_get(v, i));
+            }
+            sb_str(&w->b, "]\n");
+            return;
+        }
+        sb_add(&w->b, "\n", 1);
+        for (size_t i = 0; i < n && !w->st; i++) {
+            sb_indent(&w->b, ind);
+            sb_add(&w->b, "-", 1);
+            y_json(w, json_array_get(v, i), ind + 2, depth + 1);
+        }
+    } else {
+        sb_add(&w->b, " ", 1);
+        y_json_scalar(w, v);
+        sb_add(&w->b, "\n", 1);
+    }
+}
+
+static void w_shape(struct gw *w, const bm_tensor *t)
+{
+    sb_add(&w->b, "[", 1);
+    for (int i = 0; i < t->ndim; i++)
+        sb_fmt(&w->b, i ? ", %" PRId64 : "%" PRId64, t->shape[i]);
+    sb_add(&w->b, "]", 1);
+}
+
+static bool short_form(const struct gw *w, const bm_tensor *t)
+{
+    return t->dtype == w->t->dtype && (!t->is_buffer || t->persistent);
+}
+
+static void y_tensor(struct gw *w, const bm_tensor *t)
+{
+    if (short_form(w, t)) {
+        w_shape(w, t);
+        return;
+    }
+    sb_str(&w->b, "{shape: ");
+    w_shape(w, t);
+    sb_fmt(&w->b, ", dtype: %s", bm_dtype_name(t->dtype));
+    if (t->is_buffer && !t->persistent)
+        sb_str(&w->b, ", persistent: false");
+    sb_add(&w->b, "}", 1);
+}
+
+/* A module without children is written on one line, {class: X, params:
+ * {...}}, when that line stays short. */
+#define FLOW_MODULE_MAX 100
+static void y_tensor_group(struct gw *w, const bm_module *m, bool buffers, int ind,
+                           bool flow)
+{
+    int32_t first = m->tensor_begin + (buffers ? m->n_params : 0);
+    int32_t n = buffers ? m->n_buffers : m->n_params;
+    if (!n)
+        return;
+    if (flow) {
+        sb_str(&w->b, buffers ? ", buffers: {" : ", params: {");
+        for (int32_t i = 0; i < n; i++) {
+            const bm_tensor *t = &w->t->tensors[first + i];
+            if (i)
+                sb_str(&w->b, ", ");
+            y_scalar(w, t->local);
+            sb_str(&w->b, ": ");
+            y_tensor(w, t);
+        }
+        sb_add(&w->b, "}", 1);
+        return;
+    }
+    sb_indent(&w->b, ind);
+    sb_str(&w->b, buffers ? "buffers:\n" : "params:\n");
+    for (int32_t i = 0; i < n; i++) {
+        const bm_tensor *t = &w->t->tensors[first + i];
+        y_key(w, t->local, ind + 2);
+        sb_add(&w->b, " ", 1);
+        y_tensor(w, t);
+        sb_add(&w->b, "\n", 1);
+    }
+}
+
+/* Module m, written after "key:" at indentation ind. */
+static void y_module(struct gw *w, int32_t mi, int ind)
+{
+    const bm_module *m = &w->t->modules[mi];
+    if (w->st || w->b.oom)
+        return;
+    if (!m->n_children) {
+        size_t mark = w->b.n;
+        sb_str(&w->b, " {class: ");
+        y_scalar(w, m->cls);
+        y_tensor_group(w, m, false, 0, true);
+        y_tensor_group(w, m, true, 0, true);
+        sb_str(&w->b, "}\n");
+        if (w->b.oom || w->b.n - mark <= FLOW_MODULE_MAX)
+            return;
+        w->b.n = mark;
+    }
+    sb_add(&w->b, "\n", 1);
+    sb_indent(&w->b, ind);
+    sb_str(&w->b, "class: ");
+    y_scalar(w, m->cls);
+    sb_add(&w->b, "\n", 1);
+    y_tensor_group(w, m, false, ind, false);
+    y_tensor_group(w, m, true, ind, false);
+    if (w->rep[mi]) {
+        sb_indent(&w->b, ind);
+        sb_fmt(&w->b, "repeat: %" PRId32 "\n", w->rep[mi]);
+        sb_indent(&w->b, ind);
+        sb_str(&w->b, "template:");
+        y_module(w, m->first_child, ind + 2);
+    } else if (m->n_children) {
+        sb_indent(&w->b, ind);
+        sb_str(&w->b, "modules:\n");
+        for (int32_t c = m->first_child; c != BM_NONE; c = w->t->modules[c].next_sibling) {
+            y_key(w, w->t->modules[c].local, ind + 2);
+            y_module(w, c, ind + 4);
+        }
+    }
+}
+
+static void y_flow_names(struct gw *w, int n, const char *const *names)
+{
+    sb_add(&w->b, "[", 1);
+    for (int i = 0; i < n; i++) {
+        if (i)
+            sb_str(&w->b, ", ");
+        y_scalar(w, names[i]);
+    }
+    sb_add(&w->b, "]", 1);
+}
+
+static void write_yaml(struct gw *w)
+{
+    const bm_tree *t = w->t;
+    sb_str(&w->b, "format: " FORMAT_NAME "\n");
+    if (t->name) {
+        sb_str(&w->b, "name: ");
+        y_scalar(w, t->name);
+        sb_add(&w->b, "\n", 1);
+    }
+    if (t->arch) {
+        sb_str(&w->b, "arch: ");
+        y_scalar(w, t->arch);
+        sb_add(&w->b, "\n", 1);
+    }
+    if (t->config) {
+        sb_str(&w->b, "config:");
+        y_json(w, t->config, 2, 1);
+    }
+    sb_fmt(&w->b, "dtype: %s\n", bm_dtype_name(t->dtype));
+    if (t->has_no_split) {
+        sb_str(&w->b, "no_split_modules: ");
+        y_flow_names(w, t->n_no_split, (const char *const *)t->no_split);
+        sb_add(&w->b, "\n", 1);
+    }
+    if (t->n_ties) {
+        sb_str(&w->b, "tied:\n");
+        for (int32_t g = 0; g < t->n_ties; g++) {
+            sb_str(&w->b, "  - [");
+            for (int32_t i = 0; i < t->ties[g].n; i++) {
+                if (i)
+                    sb_str(&w->b, ", ");
+                y_scalar(w, t->tensors[t->ties[g].tensors[i]].name);
+            }
+            sb_str(&w->b, "]\n");
+        }
+    }
+    sb_str(&w->b, "root:");
+    y_module(w, 0, 2);
+}
+
+/* --- JSON --- */
+
+static void j_string(struct gw *w, const char *s)
+{
+    if (!check_utf8(w, s))
+        return;
+    sb_add(&w->b, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        switch (c) {
+        case '"':
+            sb_str(&w->b, "\\\"");
+            break;
+        case '\\':
+            sb_str(&w->b, "\\\\");
+            break;
+        case '\n':
+            sb_str(&w->b, "\\n");
+            break;
+        case '\t':
+            sb_str(&w->b, "\\t");
+            break;
+        case '\r':
+            sb_str(&w->b, "\\r");
+            break;
+        default:
+            if (c < 0x20)
+                sb_fmt(&w->b, "\\u%04x", c);
+            else
+                sb_add(&w->b, p, 1);
+        }
+    }
+    sb_add(&w->b, "\"", 1);
+}
+
+static void j_json(struct gw *w, json_t *v, int ind, int depth)
+{
+    if (depth > BM_GRAPH_MAX_DEPTH - 2) {
+        gw_fail(w, BM_E_UNSUPPORTED, "'config' nests deeper than %d levels",
+                BM_GRAPH_MAX_DEPTH - 2);
+        return;
+    }
+    if (json_is_object(v)) {
+        if (json_object_size(v) == 0) {
+            sb_str(&w->b, "{}");
+            return;
+        }
+        sb_str(&w->b, "{\n");
+        bool first = true;
+        for (void *it = json_object_iter(v); it && !w->st; it = json_object_iter_next(v, it)) {
+            const char *k = json_object_iter_key(it);
+            if (strlen(k) != json_object_iter_key_len(it)) {
+                gw_fail(w, BM_E_INVALID, "a key in 'config' holds a NUL character");
+                return;
+            }
+            if (!first)
+                sb_str(&w->b, ",\n");
+            first = false;
+            sb_indent(&w->b, ind + 2);
+            j_string(w, k);
+            sb_str(&w->b, ": ");
+            j_json(w, json_object_iter_value(it), ind + 2, depth + 1);
+        }
+        sb_add(&w->b, "\n", 1);
+        sb_indent(&w->b, ind);
+        sb_add(&w->b, "}", 1);
+    } else if (json_is_array(v)) {
+        size_t n = json_array_size(v);
+        bool flat = true;
+        for (size_t i = 0; i < n; i++)
+            flat = flat && json_is_scalar(json_array_get(v, i));
+        sb_str(&w->b, flat ? "[" : "[\n");
+        for (size_t i = 0; i < n && !w->st; i++) {
+            if (i)
+                sb_str(&w->b, flat ? ", " : ",\n");
+            if (!flat)
+                sb_indent(&w->b, ind + 2);
+            j_json(w, json_array_get(v, i), ind + 2, depth + 1);
+        }
+        if (!flat) {
+            sb_add(&w->b, "\n", 1);
+            sb_indent(&w->b, ind);
+        }
+        sb_add(&w->b, "]", 1);
+    } else if (json_is_string(v)) {
+        if (strlen(json_string_value(v)) != json_string_length(v))
+            gw_fail(w, BM_E_INVALID, "a string in 'config' holds a NUL character");
+        else
+            j_string(w, json_string_value(v));
+    } else if (json_is_number(v)) {
+        w_number(w, v);
+    } else {
+        sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
+    }
+}
+
+static void j_tensor(struct gw *w, const bm_tensor *t)
+{
+    if (short_form(w, t)) {
+        w_shape(w, t);
+        return;
+    }
+    sb_str(&w->b, "{\"shape\": ");
+    w_shape(w, t);
+    sb_fmt(&w->b, ", \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
+    if (t->is_buffer && !t->persistent)
+        sb_str(&w->b, ", \"persistent\": false");
+    sb_add(&w->b, "}", 1);
+}
+
+static void j_tensor_group(struct gw *w, const bm_module *m, bool buffers, int ind,
+                           bool flow)
+{
+    int32_t first = m->tensor_begin + (buffers ? m->n_params : 0);
+    int32_t n = buffers ? m->n_buffers : m->n_params;
+    if (!n)
+        return;
+    if (!flow) {
+        sb_str(&w->b, ",\n");
+        sb_indent(&w->b, ind);
+    } else {
+        sb_str(&w->b, ", ");
+    }
+    sb_str(&w->b, buffers ? "\"buffers\": {" : "\"params\": {");
+    for (int32_t i = 0; i < n; i++) {
+        const bm_tensor *t = &w->t->tensors[first + i];
+        if (i)
+            sb_add(&w->b, ",", 1);
+        if (flow) {
+            if (i)
+                sb_add(&w->b, " ", 1);
+        } else {
+            sb_add(&w->b, "\n", 1);
+            sb_indent(&w->b, ind + 2);
+        }
+        j_string(w, t->local);
+        sb_str(&w->b, ": ");
+        j_tensor(w, t);
+    }
+    if (!flow) {
+        sb_add(&w->b, "\n", 1);
+        sb_indent(&w->b, ind);
+    }
+    sb_add(&w->b, "}", 1);
+}
+
+/* Module mi as a JSON value whose closing brace is at indentation ind. */
+static void j_module(struct gw *w, int32_t mi, int ind)
+{
+    const bm_module *m = &w->t->modules[mi];
+    if (w->st || w->b.oom)
+        return;
+    if (!m->n_children) {
+        size_t mark = w->b.n;
+        sb_str(&w->b, "{\"class\": ");
+        j_string(w, m->cls);
+        j_tensor_group(w, m, false, 0, true);
+        j_tensor_group(w, m, true, 0, true);
+        sb_add(&w->b, "}", 1);
+        if (w->b.oom || w->b.n - mark <= FLOW_MODULE_MAX)
+            return;
+        w->b.n = mark;
+    }
+    sb_str(&w->b, "{\n");
+    sb_indent(&w->b, ind + 2);
+    sb_str(&w->b, "\"class\": ");
+    j_string(w, m->cls);
+    j_tensor_group(w, m, false, ind + 2, false);
+    j_tensor_group(w, m, true, ind + 2, false);
+    if (w->rep[mi]) {
+        sb_str(&w->b, ",\n");
+        sb_indent(&w->b, ind + 2);
+        sb_fmt(&w->b, "\"repeat\": %" PRId32 ",\n", w->rep[mi]);
+        sb_indent(&w->b, ind + 2);
+        sb_str(&w->b, "\"template\": ");
+        j_module(w, m->first_child, ind + 2);
+    } else if (m->n_children) {
+        sb_str(&w->b, ",\n");
+        sb_indent(&w->b, ind + 2);
+        sb_str(&w->b, "\"modules\": {");
+        for (int32_t c = m->first_child; c != BM_NONE; c = w->t->modules[c].next_sibling) {
+            sb_str(&w->b, c == m->first_child ? "\n" : ",\n");
+            sb_indent(&w->b, ind + 4);
+            j_string(w, w->t->modules[c].local);
+            sb_str(&w->b, ": ");
+            j_module(w, c, ind + 4);
+        }
+        sb_add(&w->b, "\n", 1);
+        sb_indent(&w->b, ind + 2);
+        sb_add(&w->b, "}", 1);
+    }
+    sb_add(&w->b, "\n", 1);
+    sb_indent(&w->b, ind);
+    sb_add(&w->b, "}", 1);
+}
+
+static void write_json(struct gw *w)
+{
+    const bm_tree *t = w->t;
+    sb_str(&w->b, "{\n  \"format\": \"" FORMAT_NAME "\"");
+    if (t->name) {
+        sb_str(&w->b, ",\n  \"name\": ");
+        j_string(w, t->name);
+    }
+    if (t->arch) {
+        sb_str(&w->b, ",\n  \"arch\": ");
+        j_string(w, t->arch);
+    }
+    if (t->config) {
+        sb_str(&w->b, ",\n  \"config\": ");
+        j_json(w, t->config, 2, 1);
+    }
+    sb_fmt(&w->b, ",\n  \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
+    if (t->has_no_split) {
+        sb_str(&w->b, ",\n  \"no_split_modules\": [");
+        for (int32_t i = 0; i < t->n_no_split; i++) {
+            if (i)
+                sb_str(&w->b, ", ");
+            j_string(w, t->no_split[i]);
+        }
+        sb_add(&w->b, "]", 1);
+    }
+    if (t->n_ties) {
+        sb_str(&w->b, ",\n  \"tied\": [");
+        for (int32_t g = 0; g < t->n_ties; g++) {
+            sb_str(&w->b, g ? ",\n    [" : "\n    [");
+            for (int32_t i = 0; i < t->ties[g].n; i++) {
+                if (i)
+                    sb_str(&w->b, ", ");
+                j_string(w, t->tensors[t->ties[g].tensors[i]].name);
+            }
+            sb_add(&w->b, "]", 1);
+        }
+        sb_str(&w->b, "\n  ]");
+    }
+    sb_str(&w->b, ",\n  \"root\": ");
+    j_module(w, 0, 2);
+    sb_str(&w->b, "\n}\n");
+}
+
+/* --- repeat detection --- */
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+    return h * 0x100000001B3ULL;
+}
+
+static bool same_tensor(const bm_tensor *a, const bm_tensor *b)
+{
+    return strcmp(a->local, b->local) == 0 && a->dtype == b->dtype &&
+           a->ndim == b->ndim && a->is_buffer == b->is_buffer &&
+           a->persistent == b->persistent &&
+           memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape) == 0;
+}
+
+/* Are the subtrees at a and b the same apart from the names of a and b?
+ * In pre-order, equal depth sequences mean equal shapes. */
+static bool same_subtree(const bm_tree *t, int32_t a, int32_t b)
+{
+    int32_t n = t->modules[a].subtree_end - a;
+    if (t->modules[b].subtree_end - b != n)
+        return false;
+    int32_t da = t->modules[a].depth, db = t->modules[b].depth;
+    for (int32_t k = 0; k < n; k++) {
+        const bm_module *x = &t->modules[a + k], *y = &t->modules[b + k];
+        if (k && (x->depth - da != y->depth - db || strcmp(x->local, y->local) != 0))
+            return false;
+        if (strcmp(x->cls, y->cls) != 0 || x->n_params != y->n_params ||
+            x->n_buffers != y->n_buffers)
+            return false;
+        for (int32_t i = 0; i < x->n_params + x->n_buffers; i++)
+            if (!same_tensor(&t->tensors[x->tensor_begin + i],
+                             &t->tensors[y->tensor_begin + i]))
+                return false;
+    }
+    return true;
+}
+
+static void find_repeats(struct gw *w)
+{
+    const bm_tree *t = w->t;
+    /* children follow their parent in pre-order: hash bottom-up */
+    for (int32_t m = t->n_modules - 1; m >= 0; m--) {
+        const bm_module *mod = &t->modules[m];
+        uint64_t h = bm_hash_bytes(mod->cls, strlen(mod->cls));
+        for (int32_t i = 0; i < mod->n_params + mod->n_buffers; i++) {
+            const bm_tensor *x = &t->tensors[mod->tensor_begin + i];
+            h = mix(h, bm_hash_bytes(x->local, strlen(x->local)));
+            h = mix(h, (uint64_t)x->dtype | (uint64_t)x->is_buffer << 8 |
+                           (uint64_t)x->persistent << 9 | (uint64_t)x->ndim << 10);
+            for (int d = 0; d < x->ndim; d++)
+                h = mix(h, (uint64_t)x->shape[d]);
+        }
+        for (int32_t c = mod->first_child; c != BM_NONE; c = t->modules[c].next_sibling)
+            h = mix(mix(h, bm_hash_bytes(t->modules[c].local,
+                                         strlen(t->modules[c].local))),
+                    w->hash[c]);
+        w->hash[m] = h;
+    }
+    for (int32_t m = 0; m < t->n_modules; m++) {
+        const bm_module *mod = &t->modules[m];
+        w->rep[m] = 0;
+        if (mod->n_children < 2)
+            continue;
+        int32_t first = mod->first_child, i = 0;
+        bool ok = true;
+        for (int32_t c = first; c != BM_NONE && ok; c = t->modules[c].next_sibling, i++) {
+            char name[16];
+            snprintf(name, sizeof name, "%" PRId32, i);
+            ok = strcmp(t->modules[c].local, name) == 0 &&
+                 (c == first || (w->hash[c] == w->hash[first] &&
+                                 same_subtree(t, first, c)));
+        }
+        if (ok)
+            w->rep[m] = mod->n_children;
+    }
+}
+
+bm_status bm_graph_write(const bm_tree *tree, bm_graph_format fmt, char **out,
+                         size_t *len, bm_error *err)
+{
+    *out = NULL;
+    if (len)
+        *len = 0;
+    if (!tree || tree->n_modules < 1 || !tree->modules)
+        return bm_fail(err, BM_E_INVALID, "cannot write the graph: the tree is empty");
+    if (fmt != BM_GRAPH_YAML && fmt != BM_GRAPH_JSON)
+        return bm_fail(err, BM_E_INVALID, "cannot write the graph: unknown format %d",
+                       (int)fmt);
+    if (tree->config && !json_is_object((json_t *)tree->config))
+        return bm_fail(err, BM_E_INVALID,
+                       "cannot write the graph: 'config' must be a JSON object");
+    for (int32_t m = 0; m < tree->n_modules; m++)
+        if (tree->modules[m].depth > WRITE_MAX_MODULE_DEPTH)
+            return bm_fail(err, BM_E_UNSUPPORTED,
+                           "cannot write the graph: module '%.200s' is %d levels deep "
+                           "(graph files hold at most %d)", tree->modules[m].name,
+                           tree->modules[m].depth, WRITE_MAX_MODULE_DEPTH);
+    struct gw w = {.t = tree, .err = err};
+    w.hash = malloc((size_t)tree->n_modules * sizeof *w.hash);
+    w.rep = malloc((size_t)tree->n_modules * sizeof *w.rep);
+    if (!w.hash || !w.rep) {
+        free(w.hash);
+        free(w.rep);
+        return bm_fail(err, BM_E_NOMEM, "out of memory writing the graph");
+    }
+    find_repeats(&w);
+    if (fmt == BM_GRAPH_YAML)
+        write_yaml(&w);
+    else
+        write_json(&w);
+    free(w.hash);
+    free(w.rep);
+    if (!w.st && w.b.oom)
+        w.st = bm_fail(err, BM_E_NOMEM, "out of memory writing the graph");
+    if (w.st) {
+        free(w.b.p);
+        return w.st;
+    }
+    *out = w.b.p;
+    if (len)
+        *len = w.b.n;
+    return BM_OK;
 }

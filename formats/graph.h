@@ -34,6 +34,11 @@ bm_status bm_graph_parse_yaml(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err);
 bm_status bm_graph_parse_json(const char *data, size_t len, const char *source,
                               bm_tree **out, bm_error *err);
+/* bm_graph_parse with a tighter bound on modules + tensors after `repeat`
+ * expansion (0 or more than BM_GRAPH_MAX_ENTRIES: that limit), for callers
+ * that must keep memory small (fuzzing, services). */
+bm_status bm_graph_parse_capped(const char *data, size_t len, const char *source,
+                                uint32_t max_entries, bm_tree **out, bm_error *err);
 
 /* Serialize a finished tree: format, name, arch, config, dtype,
  * no_split_modules, tied, root, in that order (unset or empty ones are left

@@ -17,6 +17,7 @@ static void arch_free(void *p)
     if (!a)
         return;
     free(a->mods);
+    free(a->extra_array);
     free(a->extra);
     free(a);
 }

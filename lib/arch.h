@@ -19,8 +19,10 @@ typedef struct arch_common {
     int64_t hidden, heads, kv_heads, head_dim, layers, vocab, inner;
     double eps, rope_theta;
     int64_t max_positions; /* 0 = unlimited (rotary) */
+    int64_t window;        /* Mistral's sliding_window, 0 = none */
     arch_module *mods;     /* per tree module */
-    void *extra;
+    void *extra;           /* the architecture's own state (freed) */
+    void *extra_array;     /* an array it points to (freed) */
 } arch_common;
 
 bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err);

@@ -301,6 +301,7 @@ bm_status bm_arch_bind_gpt2(bm_rt *rt, bm_error *err)
     x->blk = calloc((size_t)(a->layers > 0 ? a->layers : 1), sizeof *x->blk);
     if (!x->blk)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
+    a->extra_array = x->blk;
     for (int64_t l = 0; l < a->layers; l++)
         if ((s = bind_block(rt, a, x, l, err)) != BM_OK)
             return s;

@@ -123,6 +123,10 @@ static bm_status attn_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     int64_t kvw = a->kv_heads * a->head_dim;
     bm_value *q = NULL, *k = NULL, *v = NULL, *o = NULL;
     float *kc, *vc;
+    if (a->window > 0 && pos0 + M > a->window)
+        return bm_fail(err, BM_E_UNSUPPORTED, "%lld positions exceed the model's sliding_window "
+                       "%lld, which the runner does not implement", (long long)(pos0 + M),
+                       (long long)a->window);
     bm_status s = arch_call1(rt, L->q, x, dev, &q, err);
     if (s == BM_OK)
         s = arch_call1(rt, L->k, x, dev, &k, err);
@@ -280,6 +284,10 @@ bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err)
         (s = arch_cfg_real(tree, "rms_norm_eps", true, 1e-6, &a->eps, err)) != BM_OK ||
         (s = arch_cfg_real(tree, "rope_theta", true, 10000.0, &a->rope_theta, err)) != BM_OK)
         return s;
+    if ((s = arch_cfg_int(tree, "sliding_window", true, 0, &a->window, err)) != BM_OK)
+        return s;
+    if (arch_cfg_bool(tree, "use_sliding_window") == 0) /* Qwen2: off unless asked */
+        a->window = 0;
     if (a->heads == 0 || a->hidden == 0 || a->kv_heads == 0 || a->heads % a->kv_heads)
         return bm_fail(err, BM_E_INVALID, "configuration: %lld attention heads and %lld key/value "
                        "heads do not fit", (long long)a->heads, (long long)a->kv_heads);
@@ -319,6 +327,7 @@ bm_status bm_arch_bind_llama(bm_rt *rt, bm_error *err)
     x->layer = calloc((size_t)(a->layers > 0 ? a->layers : 1), sizeof *x->layer);
     if (!x->layer)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
+    a->extra_array = x->layer;
     for (int64_t l = 0; l < a->layers; l++)
         if ((s = bind_layer(rt, a, x->ids.layers, l, &x->layer[l], attn_bias, mlp_bias, err)) != BM_OK)
             return s;

@@ -10,6 +10,7 @@
  * is reduced across tasks. So the bits are the same for any --threads.
  */
 #include "device.h"
+#include "numeric.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -277,8 +278,8 @@ static cpu_backend *B(void *dev) { return ((cpu_device *)dev)->be; }
 static inline float welem(const void *w, bm_dtype dt, int64_t i)
 {
     switch (dt) {
-    case BM_BF16: return bm_bf16_to_f32(((const uint16_t *)w)[i]);
-    case BM_F16: return bm_f16_to_f32(((const uint16_t *)w)[i]);
+    case BM_BF16: return num_bf16_to_f32(((const uint16_t *)w)[i]);
+    case BM_F16: return num_f16_to_f32(((const uint16_t *)w)[i]);
     default: return ((const float *)w)[i];
     }
 }
@@ -286,9 +287,9 @@ static inline float welem(const void *w, bm_dtype dt, int64_t i)
 static inline float rnd(float v, bm_dtype act)
 {
     if (act == BM_BF16)
-        return bm_bf16_to_f32(bm_f32_to_bf16(v));
+        return num_bf16_to_f32(num_f32_to_bf16(v));
     if (act == BM_F16)
-        return bm_f16_to_f32(bm_f32_to_f16(v));
+        return num_f16_to_f32(num_f32_to_f16(v));
     return v;
 }
 

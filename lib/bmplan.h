@@ -270,7 +270,10 @@ bm_status bm_tree_add_no_split(bm_tree *tree, const char *cls, bm_error *err);
  * `source` names the input in error messages (may be NULL). */
 bm_status bm_tree_finish(bm_tree *tree, const char *source, bm_error *err);
 
-/* Lookups (after finish). Return BM_NONE when absent. */
+/* Lookups. Return BM_NONE when absent. Names are indexed as they are
+ * added, so lookups also work while the tree is being built (the graph
+ * reader checks tied names that way, to report their line); tensor indices
+ * are final only after bm_tree_finish. */
 int32_t bm_tree_find_module(const bm_tree *tree, const char *name);
 int32_t bm_tree_find_tensor(const bm_tree *tree, const char *name);
 /* Same for a name given by pointer and length (not NUL-terminated). */

@@ -207,18 +207,6 @@ bm_status bm_dev_copy(bm_dev *dst_dev, void *dst, bm_dev *src_dev,
  * (host-addressable backends read files straight into device buffers). */
 void bm_dev_note_upload(bm_dev *dev, uint64_t n);
 
-/* Element conversion helpers shared by backends and weight loading:
- * float32 <-> bfloat16 / float16 with round-to-nearest-even (NaN kept). */
-float bm_bf16_to_f32(uint16_t h);
-uint16_t bm_f32_to_bf16(float f);
-float bm_f16_to_f32(uint16_t h);
-uint16_t bm_f32_to_f16(float f);
-/* Convert n elements between float dtypes (F32, BF16, F16, F64). */
-bm_status bm_convert(void *dst, bm_dtype ddt, const void *src, bm_dtype sdt,
-                     uint64_t n, bm_error *err);
-/* Round float32 values to what `act` can hold (no-op for F32). */
-void bm_round_to(float *x, int64_t n, bm_dtype act);
-
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,7 @@
  * the runtime and the hooks: the library side of `bmplan run`.
  */
 #include "runner.h"
+#include "arch.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -62,6 +63,15 @@ static bm_status check_offload(const bm_tree *tree, const bm_runner_opts *o, bm_
             for (int32_t i = 0; i < g->n && s != BM_OK; i++)
                 s = bm_wsource_find(o->offload, tree->tensors[g->tensors[i]].name, &wt, NULL);
         }
+        if (s != BM_OK && t->tie_group != BM_NONE) {
+            /* a tied alias whose partner is loaded elsewhere shares it */
+            const bm_tie *g = &tree->ties[t->tie_group];
+            for (int32_t i = 0; i < g->n; i++) {
+                int pe = bm_map_lookup(o->map, o->n_map, tree->tensors[g->tensors[i]].name);
+                if (pe >= 0 && o->map[pe].device != BM_DEVICE_DISK)
+                    goto next;
+            }
+        }
         if (s != BM_OK)
             return bm_fail(err, BM_E_NOTFOUND, "%s: tensor '%s' (mapped to disk) is missing",
                            bm_wsource_describe(o->offload), t->name);
@@ -71,6 +81,7 @@ static bm_status check_offload(const bm_tree *tree, const bm_runner_opts *o, bm_
         if (!same)
             return bm_fail(err, BM_E_INVALID, "%s: tensor '%s' has another shape than the model's",
                            bm_wsource_describe(o->offload), t->name);
+    next:;
     }
     return BM_OK;
 }
@@ -161,6 +172,57 @@ bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runn
     }
     r->load_s = now() - t0;
     *out = r;
+    return BM_OK;
+}
+
+/* The name prefix the checkpoint omits ("model.", "transformer.") or "". */
+static char *guess_prefix(const bm_tree *tree, const bm_checkpoint *ck)
+{
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const char *name = tree->tensors[ti].name;
+        if (bm_checkpoint_find(ck, name) != BM_NONE)
+            return strdup("");
+        const char *dot = strchr(name, '.');
+        if (dot && bm_checkpoint_find(ck, dot + 1) != BM_NONE) {
+            char *p = strndup(name, (size_t)(dot - name) + 1);
+            return p;
+        }
+    }
+    return strdup("");
+}
+
+bm_status bm_runner_model_open(const bm_model_opts *opts, bool allow_partial, bm_model **out,
+                               bm_error *err)
+{
+    bm_status s = bm_model_open(opts, out, err);
+    if (s == BM_OK || !allow_partial)
+        return s;
+    const char *ck_path = opts->checkpoint ? opts->checkpoint : opts->model;
+    if (!ck_path || !bm_checkpoint_probe(ck_path))
+        return s;
+    bm_model_opts tree_only = *opts;
+    tree_only.checkpoint = NULL;
+    tree_only.need_checkpoint = false;
+    tree_only.no_checkpoint = true;
+    bm_model *m;
+    bm_error e2 = {0};
+    if (bm_model_open(&tree_only, &m, &e2) != BM_OK)
+        return s;
+    bm_checkpoint *ck;
+    if (bm_checkpoint_open(ck_path, &ck, &e2) != BM_OK) {
+        bm_model_close(m);
+        return s;
+    }
+    m->ckpt = ck;
+    free(m->ckpt_prefix);
+    m->ckpt_prefix = guess_prefix(m->tree, ck);
+    if (!m->ckpt_prefix) {
+        bm_model_close(m);
+        return bm_fail(err, BM_E_NOMEM, "out of memory");
+    }
+    *out = m;
+    if (err)
+        memset(err, 0, sizeof *err);
     return BM_OK;
 }
 
@@ -287,5 +349,47 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
     if (!text)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     *out = text;
+    return BM_OK;
+}
+
+bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
+                             uint64_t *bytes, bm_error *err)
+{
+    *bytes = 0;
+    const char *arch = tree->arch ? tree->arch : "";
+    int64_t D, L, H, KV, hd, I, V;
+    bm_status s;
+    if (strcmp(arch, "gpt2") == 0) {
+        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_layer", false, 0, &L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_head", false, 0, &H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_inner", true, 4 * D, &I, err)) != BM_OK)
+            return s;
+        KV = H;
+        hd = H ? D / H : 0;
+    } else {
+        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &I, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_key_value_heads", true, H, &KV, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "head_dim", true, H ? D / H : 0, &hd, err)) != BM_OK)
+            return s;
+    }
+    /* float32 activations: KV caches of every layer, and the largest set of
+     * live activations of one layer (residual, normed input, q/k/v or the
+     * two MLP projections, the output), plus the logits */
+    double T = (double)max_tokens;
+    double kv = (double)L * 2 * T * (double)(KV * hd) * 4;
+    double width = (double)(3 * D + 3 * H * hd);
+    if ((double)(2 * D + 2 * I) > width)
+        width = (double)(2 * D + 2 * I);
+    double act = 4 * T * (width + 2 * (double)D) + 4 * (double)V * (all_logits ? T : 1);
+    double total = kv + act;
+    if (!(total < 1e18))
+        return bm_fail(err, BM_E_OVERFLOW, "activation memory estimate out of range");
+    *bytes = (uint64_t)total;
     return BM_OK;
 }

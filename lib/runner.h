@@ -48,6 +48,15 @@ typedef struct bm_run_result {
     int64_t n_token_s;
 } bm_run_result;
 
+/* bm_model_open for running with an offload folder: the checkpoint may
+ * lack the tensors the folder holds (`bmplan shard --device-map` writes
+ * them there instead). When the full check fails and allow_partial is set,
+ * the tree and the checkpoint are opened apart; bm_runner_open then checks
+ * every tensor against the checkpoint or the offload folder, by where the
+ * map puts it. */
+bm_status bm_runner_model_open(const bm_model_opts *opts, bool allow_partial, bm_model **out,
+                               bm_error *err);
+
 /* Everything is checked (map coverage, names, shapes, offload entries)
  * before any weight is loaded. */
 bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runner **out,
@@ -60,6 +69,12 @@ double bm_runner_load_seconds(const bm_runner *r);
 bm_status bm_runner_run(bm_runner *r, const int32_t *ids, int64_t n, int64_t n_new,
                         bool all_logits, bm_run_result *res, bm_error *err);
 void bm_run_result_free(bm_run_result *res);
+
+/* Device memory a forward of max_tokens positions needs besides the
+ * weights, on a GPU that holds all layers: KV caches plus activations.
+ * Planning from budgets keeps this much of each GPU free. */
+bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
+                             uint64_t *bytes, bm_error *err);
 
 /* The --report JSON: per-device capacity, peak and traffic, bytes read
  * from disk and copied from host memory, phase times, prefetch counts. */

@@ -6,6 +6,7 @@
  */
 #include "runtime.h"
 #include "hooks.h"
+#include "numeric.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -275,6 +276,11 @@ typedef struct prefetcher {
     uint64_t generation; /* bumps on every change worth re-planning for */
     staged *list;
     uint64_t bytes;
+    /* per device (index id + 1): bytes staged there, and the most the
+     * compute thread has needed there besides staging (learned when an
+     * allocation had to evict staged weights); staging keeps out of it */
+    uint64_t staged_on[65];
+    uint64_t main_demand[65];
 } prefetcher;
 
 struct bm_rt {
@@ -475,7 +481,7 @@ int64_t bm_rt_position(const bm_rt *rt) { return rt->pos; }
 
 /* ---- prefetch staging: memory pressure ---- */
 
-static void prefetch_evict(bm_rt *rt, bm_dev *dev);
+static void prefetch_evict(bm_rt *rt, bm_dev *dev, uint64_t need);
 
 /* Allocate on the compute thread: when the device is full because of
  * prefetched weights, drop them and retry, so prefetch can never make a run
@@ -486,7 +492,7 @@ static bm_status rt_alloc(bm_rt *rt, bm_dev *dev, uint64_t size, const char *wha
     if (bm_dev_try_alloc(dev, size, ptr))
         return BM_OK;
     if (rt->pf.running)
-        prefetch_evict(rt, dev);
+        prefetch_evict(rt, dev, size);
     return bm_dev_alloc(dev, size, what, ptr, err);
 }
 
@@ -647,6 +653,44 @@ static bm_status check_source_tensor(bm_rt *rt, bm_wsource *src, int32_t ti,
     return BM_OK;
 }
 
+/* Where tensor `name` of src really comes from (a chain: the member that
+ * holds it), for counting disk reads apart from host copies. */
+static bm_wsource_kind source_kind(bm_wsource *src, const char *name)
+{
+    if (src->ops == &chain_ops) {
+        bm_wsource *s = chain_pick(src->ctx, name);
+        return s ? source_kind(s, name) : src->kind;
+    }
+    return src->kind;
+}
+
+/* Convert n elements between float32, bfloat16 and float16 (float64
+ * sources go through float32). */
+static bm_status convert_elems(void *dst, bm_dtype ddt, const void *src, bm_dtype sdt,
+                               uint64_t n, bm_error *err)
+{
+    bool ok_s = sdt == BM_F32 || sdt == BM_BF16 || sdt == BM_F16 || sdt == BM_F64;
+    bool ok_d = ddt == BM_F32 || ddt == BM_BF16 || ddt == BM_F16;
+    if (!ok_s || !ok_d)
+        return bm_fail(err, BM_E_UNSUPPORTED, "cannot convert %s to %s", bm_dtype_name(sdt),
+                       bm_dtype_name(ddt));
+    for (uint64_t i = 0; i < n; i++) {
+        float v;
+        switch (sdt) {
+        case BM_F32: v = ((const float *)src)[i]; break;
+        case BM_BF16: v = num_bf16_to_f32(((const uint16_t *)src)[i]); break;
+        case BM_F16: v = num_f16_to_f32(((const uint16_t *)src)[i]); break;
+        default: v = (float)((const double *)src)[i]; break;
+        }
+        switch (ddt) {
+        case BM_F32: ((float *)dst)[i] = v; break;
+        case BM_BF16: ((uint16_t *)dst)[i] = num_f32_to_bf16(v); break;
+        default: ((uint16_t *)dst)[i] = num_f32_to_f16(v); break;
+        }
+    }
+    return BM_OK;
+}
+
 /* Fill `dst` (device memory of dev, `dt` elements) from the source tensor. */
 static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt,
                                   bm_wsource *src, const char *name,
@@ -655,7 +699,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
     bool direct = bm_backend_get_ops(bm_dev_backend(dev))->host_addressable;
     uint64_t out_bytes = numel * elem_bytes(dt);
     bm_status s = BM_OK;
-    if (bm_wsource_get_kind(src) == BM_WSOURCE_DISK)
+    if (source_kind(src, name) == BM_WSOURCE_DISK)
         bm_rt_stats_add(rt, &rt->stats.bytes_disk_read, wt->nbytes);
     else if (bm_dev_id(dev) != BM_DEVICE_CPU)
         bm_rt_stats_add(rt, &rt->stats.bytes_host_to_device, wt->nbytes);
@@ -695,7 +739,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
     }
     if (s == BM_OK) {
         if (direct) {
-            s = bm_convert(dst, dt, in, wt->dtype, numel, err);
+            s = convert_elems(dst, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
                 bm_dev_note_upload(dev, out_bytes);
         } else {
@@ -703,7 +747,7 @@ static bm_status fill_from_source(bm_rt *rt, bm_dev *dev, void *dst, bm_dtype dt
             if (!conv)
                 s = bm_fail(err, BM_E_NOMEM, "out of memory converting '%s'", name);
             else
-                s = bm_convert(conv, dt, in, wt->dtype, numel, err);
+                s = convert_elems(conv, dt, in, wt->dtype, numel, err);
             if (s == BM_OK)
                 s = bm_dev_upload(dev, dst, conv, out_bytes, err);
             free(conv);
@@ -1245,11 +1289,17 @@ static bool next_target(bm_rt *rt, bm_fetch_target *out, uint64_t *size)
             if (resident_on(rt, tg[i].tensor, tg[i].dev))
                 continue;
             bm_wsource_tensor wt;
-            if (bm_wsource_find(tg[i].src, tg[i].name, &wt, NULL) != BM_OK)
+            if (bm_wsource_find(tg[i].src, tg[i].name, &wt, NULL) != BM_OK &&
+                source_find(rt, tg[i].src, tg[i].tensor, &tg[i].name, &wt, NULL) != BM_OK)
                 continue; /* the hook will report it */
             const bm_tensor *t = &rt->tree->tensors[tg[i].tensor];
             uint64_t sz = t->numel * elem_bytes(target_dtype(rt, tg[i].tensor, wt.dtype));
-            if (pf->bytes + sz > rt->opts.staging_bytes)
+            int di = bm_dev_id(tg[i].dev) + 1;
+            bm_dev_stats st;
+            bm_dev_get_stats(tg[i].dev, &st);
+            if (pf->bytes + sz > rt->opts.staging_bytes ||
+                (st.capacity != UINT64_MAX &&
+                 pf->staged_on[di] + sz + pf->main_demand[di] > st.capacity))
                 return false;
             *out = tg[i];
             *size = sz;
@@ -1294,6 +1344,7 @@ static void *prefetch_main(void *arg)
         e->next = pf->list;
         pf->list = e;
         pf->bytes += size;
+        pf->staged_on[bm_dev_id(tg.dev) + 1] += size;
         pthread_mutex_unlock(&pf->mu);
 
         bm_wsource_tensor wt;
@@ -1352,6 +1403,7 @@ static void prefetch_stop(bm_rt *rt)
         staged_free(e);
     }
     pf->bytes = 0;
+    memset(pf->staged_on, 0, sizeof pf->staged_on);
 }
 
 static void prefetch_note(bm_rt *rt, int32_t module)
@@ -1377,9 +1429,14 @@ static void prefetch_kick(bm_rt *rt)
     pthread_mutex_unlock(&rt->pf.mu);
 }
 
-static void prefetch_evict(bm_rt *rt, bm_dev *dev)
+/* The compute thread needs `need` bytes on dev and the device is full:
+ * drop prefetched weights there, those needed last first, until it fits,
+ * and remember how much the compute thread needs so that staging keeps
+ * out of that room from now on. */
+static void prefetch_evict(bm_rt *rt, bm_dev *dev, uint64_t need)
 {
     prefetcher *pf = &rt->pf;
+    int di = bm_dev_id(dev) + 1;
     pthread_mutex_lock(&pf->mu);
     pf->paused = true;
     for (;;) {
@@ -1391,11 +1448,21 @@ static void prefetch_evict(bm_rt *rt, bm_dev *dev)
             break;
         pthread_cond_wait(&pf->changed, &pf->mu);
     }
+    bm_dev_stats st;
+    bm_dev_get_stats(dev, &st);
+    uint64_t main_use = st.in_use - (pf->staged_on[di] < st.in_use ? pf->staged_on[di] : st.in_use);
+    if (main_use + need > pf->main_demand[di])
+        pf->main_demand[di] = main_use + need;
+    /* the list holds the newest (furthest ahead) entries first */
     for (staged **p = &pf->list; *p;) {
+        bm_dev_get_stats(dev, &st);
+        if (st.in_use + need <= st.capacity)
+            break;
         staged *e = *p;
         if (e->dev == dev) {
             *p = e->next;
             pf->bytes -= e->b->size;
+            pf->staged_on[di] -= e->b->size;
             staged_free(e);
         } else {
             p = &e->next;
@@ -1403,6 +1470,42 @@ static void prefetch_evict(bm_rt *rt, bm_dev *dev)
     }
     pf->paused = false;
     pthread_mutex_unlock(&pf->mu);
+}
+
+/* A tied partner of ti that is loaded on some device, copied to dev for
+ * this call (the offload source does not hold ti under any name). */
+static bm_status copy_tied_partner(bm_rt *rt, int32_t ti, bm_dev *dev)
+{
+    const bm_tensor *t = &rt->tree->tensors[ti];
+    if (t->tie_group == BM_NONE)
+        return BM_E_NOTFOUND;
+    const bm_tie *g = &rt->tree->ties[t->tie_group];
+    block *from = NULL;
+    bm_dtype dt = BM_DTYPE_INVALID;
+    pthread_mutex_lock(&rt->slot_mu);
+    for (int32_t i = 0; i < g->n && !from; i++)
+        if (rt->slots[g->tensors[i]].b) {
+            from = rt->slots[g->tensors[i]].b;
+            from->refs++;
+            dt = rt->slots[g->tensors[i]].dtype;
+        }
+    pthread_mutex_unlock(&rt->slot_mu);
+    if (!from)
+        return BM_E_NOTFOUND;
+    block *b = NULL;
+    bm_status s = block_new(rt, dev, from->size, t->name, &b, NULL);
+    if (s == BM_OK) {
+        s = bm_dev_copy(dev, b->data, from->dev, from->data, from->size, NULL);
+        if (s != BM_OK)
+            block_release(rt, b);
+    }
+    block_release(rt, from);
+    if (s != BM_OK)
+        return s;
+    bm_rt_stats_add(rt, &rt->stats.offload_fetch_bytes, b->size);
+    rt->slots[ti].dtype = dt;
+    slot_set(rt, ti, b);
+    return BM_OK;
 }
 
 /* Bring offloaded tensor ti onto dev for a module call: a tied partner
@@ -1435,6 +1538,7 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
             if (e) {
                 *link = e->next;
                 pf->bytes -= e->b->size;
+                pf->staged_on[bm_dev_id(e->dev) + 1] -= e->b->size;
             }
             pthread_mutex_unlock(&pf->mu);
             if (e && e->state == 1) {
@@ -1462,7 +1566,14 @@ bm_status bm_rt_fetch(bm_rt *rt, int32_t ti, bm_dev *dev, bm_wsource *src, const
     }
     bm_wsource_tensor wt;
     const char *nm = name;
-    bm_status s = bm_wsource_find(src, nm, &wt, err);
+    bm_status s = bm_wsource_find(src, nm, &wt, NULL);
+    if (s != BM_OK) /* a tied alias the source does not hold: its partner */
+        s = source_find(rt, src, ti, &nm, &wt, err);
+    if (s != BM_OK && copy_tied_partner(rt, ti, dev) == BM_OK) {
+        if (err)
+            memset(err, 0, sizeof *err);
+        return BM_OK;
+    }
     if (s == BM_OK)
         s = check_source_tensor(rt, src, ti, &wt, err);
     block *b;

@@ -69,6 +69,9 @@ bm_status bm_wsource_read(bm_wsource *src, const char *name, void *dst, uint64_t
  * bm_model's ckpt_prefix says), "" or NULL for none. The checkpoint must
  * outlive the source. */
 bm_wsource *bm_wsource_checkpoint(const bm_checkpoint *ckpt, const char *strip);
+/* An accelerate offload folder (index.json + .dat files, safetensors
+ * references, bmplan's zstd entries), validated when opened. */
+bm_status bm_wsource_offload(const char *folder, bm_wsource **out, bm_error *err);
 /* Host memory: n named tensors, each data pointer borrowed (the owner keeps
  * it alive as long as the source). Used by tests and by cpu_offload's
  * state-dict copies. */

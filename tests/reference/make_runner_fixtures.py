@@ -193,6 +193,12 @@ def main():
     # the README example: the fp32 tiny Llama
     shutil.rmtree(EXAMPLE, ignore_errors=True)
     shutil.copytree(os.path.join(OUT, "tiny-llama"), EXAMPLE)
+    # a device map for the README: two GPUs, the rest offloaded to the CPU
+    with open(os.path.join(EXAMPLE, "device_map.json"), "w") as f:
+        json.dump({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1,
+                   "model.layers.2": "cpu", "model.layers.3": "cpu", "model.norm": "cpu",
+                   "lm_head": "cpu"}, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":

@@ -220,8 +220,8 @@ START_TEST(test_folder_rules)
     mkdir(tp("both"), 0755);
     put("both/pytorch_model.bin", "PK\x03\x04 not really a zip");
     write_u8("both/model.safetensors", names);
-    open_bad(tp("both"), BM_E_UNSUPPORTED, "PyTorch .bin checkpoints are not supported yet");
-    open_bad(tp("both/pytorch_model.bin"), BM_E_UNSUPPORTED, "not supported yet");
+    open_bad(tp("both"), BM_E_FORMAT, "pytorch_model.bin: end of central directory not found");
+    open_bad(tp("both/pytorch_model.bin"), BM_E_FORMAT, "end of central directory not found");
     /* two index files */
     mkdir(tp("two"), 0755);
     put("two/model.safetensors.index.json", "{\"weight_map\":{}}");
@@ -321,10 +321,10 @@ START_TEST(test_index_errors)
                       err.msg, cases[i].needle);
         ck_assert_ptr_null(ck);
     }
-    /* a .bin shard (torch.load in accelerate) is refused for now */
+    /* a .bin shard is read as a torch.save zip (torch.load in accelerate) */
     put("c.bin", "PK\x03\x04");
     put("t.index.json", "{\"weight_map\": {\"x\": \"c.bin\"}}");
-    open_bad(tp("t.index.json"), BM_E_UNSUPPORTED, "not supported yet");
+    open_bad(tp("t.index.json"), BM_E_FORMAT, "c.bin: end of central directory not found");
     /* the good index, with an integral real total_size */
     put("t.index.json", "{\"metadata\": {\"total_size\": 6.0}, \"weight_map\": "
                         "{\"z\": \"b.safetensors\", \"x\": \"a.safetensors\", "

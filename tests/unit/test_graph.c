@@ -29,6 +29,15 @@ static bm_tree *load_ok(const char *path)
     return t;
 }
 
+static bm_tree *parse_ok(const char *text, size_t len, const char *what)
+{
+    bm_tree *t = NULL;
+    bm_error err = {0};
+    ck_assert_msg(bm_graph_parse(text, len, what, &t, &err) == BM_OK, "%s\n%s", err.msg,
+                  text);
+    return t;
+}
+
 /* Every graph file under a folder (not recursive); returns the count. */
 static int list_graphs(const char *dir, char names[][256], int max)
 {
@@ -503,6 +512,69 @@ START_TEST(test_misc_bad)
 }
 END_TEST
 
+START_TEST(test_input_variants)
+{
+    /* a UTF-8 byte order mark, CRLF line ends: lines still right */
+    const char *s = "\xef\xbb\xbf" "format: bmplan-graph/1\r\nroot:\r\n  class: M\r\n"
+                    "  params: {w: [2, 3]}\r\n";
+    bm_tree *t = parse_ok(s, strlen(s), "bom");
+    ck_assert_uint_eq(bm_tree_param_count(t), 6);
+    bm_tree_free(t);
+    s = "\xef\xbb\xbf{\"format\": \"bmplan-graph/1\", \"root\": {\"class\": \"M\"}}";
+    t = parse_ok(s, strlen(s), "bom");
+    bm_tree_free(t);
+    s = "format: bmplan-graph/1\r\nroot:\r\n  class: M\r\n  parms: {}\r\n";
+    expect_fail(s, strlen(s), BM_E_FORMAT, "gen:4:", "unknown key 'parms'");
+    s = "\r\n\t {\"format\": \"bmplan-graph/1\",\r\n\"root\": {\"class\": \"M\",\r\n"
+        "\"parms\": {}}}";
+    expect_fail(s, strlen(s), BM_E_FORMAT, "gen:4:", "unknown key 'parms'");
+    /* JSON strings with escapes keep the line cursor in step */
+    s = "{\"format\": \"bmplan-graph/1\", \"name\": \"a\\\"b\\\\\",\n\"root\": {\"class\": "
+        "\"M\\n\\u00e9\", \"params\": {\"w\": [2]}},\n\"tied\": [[\"x\"]]}";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:3:", "tied name 'x'");
+    /* JSON without line ends: line 1 */
+    s = "{\"format\": \"bmplan-graph/1\", \"root\": {\"class\": \"M\", \"repeat\": 1.5, "
+        "\"template\": {\"class\": \"B\"}}}";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:1:", "'repeat' must be an integer");
+
+    /* repeat 0 of a huge nested repeat: nothing to build, checked once */
+    s = "format: bmplan-graph/1\nroot:\n  class: L\n  repeat: 0\n  template:\n"
+        "    class: L\n    repeat: 1000000000\n    template:\n      class: L\n"
+        "      repeat: 1000000000\n      template: {class: B, params: {w: [1]}}\n";
+    t = parse_ok(s, strlen(s), "zero");
+    ck_assert_int_eq(t->n_modules, 1);
+    bm_tree_free(t);
+    s = "format: bmplan-graph/1\nroot:\n  class: L\n  repeat: 0\n  template:\n"
+        "    class: L\n    repeat: 1000000000\n    template:\n      class: L\n"
+        "      repeat: 1000000000\n      template: {class: B, params: {w: [-1]}}\n";
+    expect_fail(s, strlen(s), BM_E_INVALID, "gen:11:", "negative");
+}
+END_TEST
+
+START_TEST(test_entry_cap)
+{
+    /* llama-2-7b expands to 454 modules + 388 tensors = 842 entries */
+    char *data;
+    size_t len;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_read_file(GOLDEN "/llama-2-7b.yaml", BM_GRAPH_MAX_BYTES, &data,
+                                  &len, &err), BM_OK);
+    bm_tree *t = NULL;
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 842, &t, &err), BM_OK);
+    bm_tree_free(t);
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 841, &t, &err), BM_E_FORMAT);
+    ck_assert_ptr_null(t);
+    /* no single repeat goes over (32 layers of 26 entries), the sum does */
+    ck_assert_str_eq(err.msg, "l:21: the graph has more than 841 modules and tensors");
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 831, &t, &err), BM_E_FORMAT);
+    ck_assert_str_eq(err.msg, "l:31: 'repeat: 32' expands the graph beyond 831 modules "
+                              "and tensors");
+    ck_assert_int_eq(bm_graph_parse_capped(data, len, "l", 0, &t, &err), BM_OK);
+    bm_tree_free(t);
+    free(data);
+}
+END_TEST
+
 /* A huge flat value list is bounded before jansson allocates it. */
 START_TEST(test_too_many_values)
 {
@@ -519,6 +591,422 @@ START_TEST(test_too_many_values)
     j[l++] = '}';
     expect_fail(j, l, BM_E_FORMAT, "gen:", "too many values");
     free(j);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- writer */
+
+static char *write_ok(const bm_tree *t, bm_graph_format f, size_t *len)
+{
+    char *out = NULL;
+    size_t n = 0;
+    bm_error err = {0};
+    ck_assert_msg(bm_graph_write(t, f, &out, &n, &err) == BM_OK, "%s", err.msg);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_uint_eq(strlen(out), n);
+    if (len)
+        *len = n;
+    return out;
+}
+
+/* Two trees describe the same model. */
+static void assert_same_tree(const bm_tree *a, const bm_tree *b)
+{
+    ck_assert_int_eq(a->n_modules, b->n_modules);
+    ck_assert_int_eq(a->n_tensors, b->n_tensors);
+    ck_assert_int_eq(a->n_ties, b->n_ties);
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        ck_assert_str_eq(a->modules[i].name, b->modules[i].name);
+        ck_assert_str_eq(a->modules[i].cls, b->modules[i].cls);
+        ck_assert_int_eq(a->modules[i].parent, b->modules[i].parent);
+    }
+    for (int32_t i = 0; i < a->n_tensors; i++) {
+        const bm_tensor *x = &a->tensors[i], *y = &b->tensors[i];
+        ck_assert_str_eq(x->name, y->name);
+        ck_assert_int_eq(x->dtype, y->dtype);
+        ck_assert_int_eq(x->ndim, y->ndim);
+        for (int d = 0; d < x->ndim; d++)
+            ck_assert_int_eq(x->shape[d], y->shape[d]);
+        ck_assert_int_eq(x->is_buffer, y->is_buffer);
+        ck_assert_int_eq(x->persistent, y->persistent);
+        ck_assert_int_eq(x->alias_of, y->alias_of);
+    }
+    for (int32_t g = 0; g < a->n_ties; g++) {
+        ck_assert_int_eq(a->ties[g].n, b->ties[g].n);
+        for (int32_t i = 0; i < a->ties[g].n; i++)
+            ck_assert_int_eq(a->ties[g].tensors[i], b->ties[g].tensors[i]);
+    }
+    ck_assert_int_eq(a->dtype, b->dtype);
+    ck_assert_int_eq(a->has_no_split, b->has_no_split);
+    ck_assert_int_eq(a->n_no_split, b->n_no_split);
+    for (int32_t i = 0; i < a->n_no_split; i++)
+        ck_assert_str_eq(a->no_split[i], b->no_split[i]);
+    ck_assert((a->name == NULL) == (b->name == NULL));
+    if (a->name)
+        ck_assert_str_eq(a->name, b->name);
+    ck_assert((a->arch == NULL) == (b->arch == NULL));
+    if (a->arch)
+        ck_assert_str_eq(a->arch, b->arch);
+    ck_assert((a->config == NULL) == (b->config == NULL));
+    if (a->config) {
+        ck_assert(json_equal(a->config, b->config));
+        /* json_equal ignores order and int/real; check both */
+        char *ja = json_dumps(a->config, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        char *jb = json_dumps(b->config, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        ck_assert_str_eq(ja, jb);
+        free(ja);
+        free(jb);
+    }
+}
+
+/* tree -> YAML and JSON; each parsed back gives the same tree, and writing
+ * that tree in the other syntax gives the same bytes as writing the
+ * original (both directions). */
+static void round_trip(const bm_tree *t, const char *what)
+{
+    size_t yl, jl;
+    char *y = write_ok(t, BM_GRAPH_YAML, &yl);
+    char *j = write_ok(t, BM_GRAPH_JSON, &jl);
+    ck_assert_int_eq(j[0], '{');
+    bm_tree *from_j = parse_ok(j, jl, what);
+    bm_tree *from_y = parse_ok(y, yl, what);
+    assert_same_tree(t, from_j);
+    assert_same_tree(t, from_y);
+    char *y2 = write_ok(from_j, BM_GRAPH_YAML, NULL);
+    char *j2 = write_ok(from_y, BM_GRAPH_JSON, NULL);
+    ck_assert_msg(strcmp(y, y2) == 0, "%s: YAML differs after a JSON round trip", what);
+    ck_assert_msg(strcmp(j, j2) == 0, "%s: JSON differs after a YAML round trip", what);
+    /* the explicit parsers agree with the sniffing one */
+    bm_tree *t3 = NULL;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_graph_parse_json(j, jl, what, &t3, &err), BM_OK);
+    bm_tree_free(t3);
+    ck_assert_int_eq(bm_graph_parse_yaml(y, yl, what, &t3, &err), BM_OK);
+    bm_tree_free(t3);
+    free(y);
+    free(j);
+    free(y2);
+    free(j2);
+    bm_tree_free(from_j);
+    bm_tree_free(from_y);
+}
+
+START_TEST(test_round_trip_golden)
+{
+    static char names[128][256];
+    int total = 0;
+    for (size_t k = 0; k < sizeof golden_dirs / sizeof *golden_dirs; k++) {
+        int n = list_graphs(golden_dirs[k], names, 128);
+        for (int i = 0; i < n; i++) {
+            bm_tree *t = load_ok(names[i]);
+            round_trip(t, names[i]);
+            bm_tree_free(t);
+        }
+        total += n;
+    }
+    ck_assert_int_ge(total, 84);
+}
+END_TEST
+
+START_TEST(test_write_repeat)
+{
+    /* the reference graphs come back as repeat/template where the file had
+     * it, and as modules where the children differ (T5's first block has
+     * the relative attention bias) */
+    bm_tree *t = load_ok(GOLDEN "/llama-2-70b.yaml");
+    char *y = write_ok(t, BM_GRAPH_YAML, NULL);
+    ck_assert_ptr_nonnull(strstr(y, "\n          repeat: 80\n          template:\n"));
+    ck_assert_ptr_null(strstr(y, "\"0\""));
+    free(y);
+    char *j = write_ok(t, BM_GRAPH_JSON, NULL);
+    ck_assert_ptr_nonnull(strstr(j, "\"repeat\": 80,"));
+    free(j);
+    bm_tree_free(t);
+
+    t = load_ok(GOLDEN "/t5-3b.yaml");
+    y = write_ok(t, BM_GRAPH_YAML, NULL);
+    ck_assert_ptr_nonnull(strstr(y, "\n            \"0\":\n              class: T5Block\n"));
+    /* blocks 1..23 are alike but block 0 is not: all of them are written */
+    ck_assert_ptr_nonnull(strstr(y, "\n            \"23\":\n"));
+    ck_assert_ptr_null(strstr(y, "repeat:"));
+    free(y);
+    bm_tree_free(t);
+
+    t = load_ok(GOLDEN "/random/rand-1009.yaml"); /* repeat of a repeat */
+    y = write_ok(t, BM_GRAPH_YAML, NULL);
+    const char *p = strstr(y, "repeat: 8\n");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(strstr(p + 1, "repeat: 8\n"));
+    free(y);
+    bm_tree_free(t);
+}
+END_TEST
+
+static bm_tree *small_tree(const char *c0, const char *c1, bm_dtype d1)
+{
+    bm_error err = {0};
+    bm_tree *t = bm_tree_new();
+    int64_t sh[2] = {3, 4};
+    ck_assert_int_eq(bm_tree_add_root(t, "Root", &err), 0);
+    int32_t l = bm_tree_add_module(t, 0, "layers", "ModuleList", &err);
+    int32_t a = bm_tree_add_module(t, l, c0, "Block", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, a, "w", BM_F32, 2, sh, false, true, &err), BM_OK);
+    int32_t b = bm_tree_add_module(t, l, c1, "Block", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, b, "w", d1, 2, sh, false, true, &err), BM_OK);
+    ck_assert_int_eq(bm_tree_finish(t, "small", &err), BM_OK);
+    return t;
+}
+
+START_TEST(test_write_repeat_rules)
+{
+    struct {
+        const char *c0, *c1;
+        bm_dtype d1;
+        bool repeat;
+    } cases[] = {
+        {"0", "1", BM_F32, true},
+        {"1", "0", BM_F32, false},  /* not in order */
+        {"0", "2", BM_F32, false},  /* a gap */
+        {"0", "01", BM_F32, false}, /* not exactly the index */
+        {"0", "1", BM_F16, false},  /* dtypes differ */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        bm_tree *t = small_tree(cases[i].c0, cases[i].c1, cases[i].d1);
+        char *y = write_ok(t, BM_GRAPH_YAML, NULL);
+        ck_assert_msg((strstr(y, "repeat: 2") != NULL) == cases[i].repeat, "case %zu:\n%s",
+                      i, y);
+        free(y);
+        round_trip(t, "small");
+        bm_tree_free(t);
+    }
+}
+END_TEST
+
+START_TEST(test_write_exact_text)
+{
+    /* the writer's layout, spelled out */
+    bm_error err = {0};
+    bm_tree *t = bm_tree_new();
+    int64_t sh[2] = {8, 4};
+    ck_assert_int_eq(bm_tree_add_root(t, "Net", &err), 0);
+    int32_t e = bm_tree_add_module(t, 0, "emb", "Embedding", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, e, "weight", BM_F16, 2, sh, false, true, &err), 0);
+    int32_t h = bm_tree_add_module(t, 0, "head", "Linear", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, h, "weight", BM_F16, 2, sh, false, true, &err), 0);
+    ck_assert_int_eq(bm_tree_add_tensor(t, h, "steps", BM_I64, 0, sh, true, true, &err), 0);
+    ck_assert_int_eq(bm_tree_add_tensor(t, h, "cache", BM_F16, 1, sh, true, false, &err), 0);
+    const char *tie[] = {"emb.weight", "head.weight"};
+    ck_assert_int_eq(bm_tree_add_tie(t, 2, tie, &err), 0);
+    ck_assert_int_eq(bm_tree_set_meta(t, "tiny net", "gpt2", &err), 0);
+    ck_assert_int_eq(bm_tree_add_no_split(t, "Block", &err), 0);
+    t->dtype = BM_F16;
+    ck_assert_int_eq(bm_tree_finish(t, "t", &err), 0);
+    t->config = json_pack("{s:i, s:f, s:s, s:b, s:n, s:[i, s], s:{}, s:[{s:i}]}", "n_embd", 4,
+                          "eps", 1e-5, "act", "gelu_new", "tie", 1, "none", "ids", 1,
+                          "yes", "empty", "list", "k", 2);
+    ck_assert_ptr_nonnull(t->config);
+    char *y = write_ok(t, BM_GRAPH_YAML, NULL);
+    ck_assert_str_eq(y, "format: bmplan-graph/1\n"
+                        "name: \"tiny net\"\n"
+                        "arch: gpt2\n"
+                        "config:\n"
+                        "  n_embd: 4\n"
+                        "  eps: 1.0e-05\n"
+                        "  act: gelu_new\n"
+                        "  tie: true\n"
+                        "  none: null\n"
+                        "  ids: [1, \"yes\"]\n"
+                        "  empty: {}\n"
+                        "  list:\n"
+                        "    -\n"
+                        "      k: 2\n"
+                        "dtype: float16\n"
+                        "no_split_modules: [Block]\n"
+                        "tied:\n"
+                        "  - [emb.weight, head.weight]\n"
+                        "root:\n"
+                        "  class: Net\n"
+                        "  modules:\n"
+                        "    emb: {class: Embedding, params: {weight: [8, 4]}}\n"
+                        "    head:\n"
+                        "      class: Linear\n"
+                        "      params:\n"
+                        "        weight: [8, 4]\n"
+                        "      buffers:\n"
+                        "        steps: {shape: [], dtype: int64}\n"
+                        "        cache: {shape: [8], dtype: float16, persistent: false}\n");
+    free(y);
+    char *j = write_ok(t, BM_GRAPH_JSON, NULL);
+    ck_assert_str_eq(j, "{\n"
+                        "  \"format\": \"bmplan-graph/1\",\n"
+                        "  \"name\": \"tiny net\",\n"
+                        "  \"arch\": \"gpt2\",\n"
+                        "  \"config\": {\n"
+                        "    \"n_embd\": 4,\n"
+                        "    \"eps\": 1.0e-05,\n"
+                        "    \"act\": \"gelu_new\",\n"
+                        "    \"tie\": true,\n"
+                        "    \"none\": null,\n"
+                        "    \"ids\": [1, \"yes\"],\n"
+                        "    \"empty\": {},\n"
+                        "    \"list\": [\n"
+                        "      {\n"
+                        "        \"k\": 2\n"
+                        "      }\n"
+                        "    ]\n"
+                        "  },\n"
+                        "  \"dtype\": \"float16\",\n"
+                        "  \"no_split_modules\": [\"Block\"],\n"
+                        "  \"tied\": [\n"
+                        "    [\"emb.weight\", \"head.weight\"]\n"
+                        "  ],\n"
+                        "  \"root\": {\n"
+                        "    \"class\": \"Net\",\n"
+                        "    \"modules\": {\n"
+                        "      \"emb\": {\"class\": \"Embedding\", \"params\": {\"weight\": [8, 4]}},\n"
+                        "      \"head\": {\n"
+                        "        \"class\": \"Linear\",\n"
+                        "        \"params\": {\n"
+                        "          \"weight\": [8, 4]\n"
+                        "        },\n"
+                        "        \"buffers\": {\n"
+                        "          \"steps\": {\"shape\": [], \"dtype\": \"int64\"},\n"
+                        "          \"cache\": {\"shape\": [8], \"dtype\": \"float16\", "
+                        "\"persistent\": false}\n"
+                        "        }\n"
+                        "      }\n"
+                        "    }\n"
+                        "  }\n"
+                        "}\n");
+    free(j);
+    round_trip(t, "exact");
+    bm_tree_free(t);
+}
+END_TEST
+
+START_TEST(test_write_quoting)
+{
+    /* names and values that YAML would otherwise read as something else,
+     * or that need escapes, survive both syntaxes */
+    static const char *const names[] = {
+        "0", "1", "yes", "No", "on", "true", "null", "~", "1e5", "0x1F", "-1", "+2", "-",
+        "- a", "a: b", "a #b", "#c", "[x]", "{y}", "a,b", "*star", "&amp", "!tag", "%p",
+        "@at", "`tick", "'single'", "\"double\"", "back\\slash", "tab\there",
+        "new\nline", "caf\xc3\xa9", "line\xe2\x80\xa8sep", "nel\xc2\x85", "bom\xef\xbb\xbf",
+        "bell\x07", "del\x7f", " lead", "trail ", "?q", "|pipe", ">gt", "x:", "=",
+        "\xe4\xb8\xad\xe6\x96\x87", "emoji\xf0\x9f\x98\x80"};
+    size_t n = sizeof names / sizeof *names;
+    bm_error err = {0};
+    bm_tree *t = bm_tree_new();
+    int64_t sh[1] = {2};
+    ck_assert_int_eq(bm_tree_add_root(t, "Root Class: odd", &err), 0);
+    for (size_t i = 0; i < n; i++) {
+        int32_t m = bm_tree_add_module(t, 0, names[i], names[n - 1 - i], &err);
+        ck_assert_msg(m != BM_NONE, "%s", err.msg);
+        ck_assert_int_eq(bm_tree_add_tensor(t, m, names[i], BM_F32, 1, sh, false, true, &err),
+                         BM_OK);
+    }
+    /* a name too long for an implicit YAML key */
+    char longname[3000];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    int32_t m = bm_tree_add_module(t, 0, longname, "Long", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, m, longname, BM_F32, 1, sh, true, false, &err), 0);
+    int32_t m2 = bm_tree_add_module(t, m, "inner", "Inner", &err);
+    ck_assert_int_ne(m2, BM_NONE);
+    ck_assert_int_eq(bm_tree_set_meta(t, "name: with \"quotes\"", "yes", &err), 0);
+    ck_assert_int_eq(bm_tree_finish(t, "q", &err), BM_OK);
+    json_t *cfg = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(cfg, names[i], json_string(names[(i + 3) % n]));
+    json_object_set_new(cfg, longname, json_pack("{s:[s, {s:s}]}", longname, longname,
+                                                 longname, "v"));
+    json_object_set_new(cfg, "", json_string(""));
+    t->config = cfg;
+    round_trip(t, "quoting");
+    bm_tree_free(t);
+}
+END_TEST
+
+START_TEST(test_write_numbers)
+{
+    /* config numbers come back as the same double / integer and keep
+     * their type */
+    static const double reals[] = {0.1, 1e-5, 1e-6, 10000.0, 1e16, 1e300, -0.0, 5e-324,
+                                   123456789.123, 2.5, -1.0, 1.7976931348623157e308,
+                                   0.30000000000000004, 1e15, 123456789012345678.0};
+    static const char *const texts[] = {"0.1", "1.0e-05", "1.0e-06", "10000.0", "1.0e+16",
+                                        "1.0e+300", "-0.0", "5.0e-324", "123456789.123",
+                                        "2.5", "-1.0", "1.7976931348623157e+308",
+                                        "0.30000000000000004", "1000000000000000.0",
+                                        "1.2345678901234568e+17"};
+    bm_tree *t = load_ok(GOLDEN "/quirks/empty-root.yaml");
+    json_t *cfg = json_object();
+    char key[16];
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        snprintf(key, sizeof key, "r%zu", i);
+        json_object_set_new(cfg, key, json_real(reals[i]));
+    }
+    json_object_set_new(cfg, "min", json_integer(INT64_MIN));
+    json_object_set_new(cfg, "max", json_integer(INT64_MAX));
+    json_object_set_new(cfg, "zero", json_integer(0));
+    t->config = cfg;
+    round_trip(t, "numbers");
+    char *y = write_ok(t, BM_GRAPH_YAML, NULL);
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "  r%zu: %s\n", i, texts[i]);
+        ck_assert_msg(strstr(y, line), "missing '%s' in\n%s", line, y);
+    }
+    ck_assert_ptr_nonnull(strstr(y, "  min: -9223372036854775808\n"));
+    free(y);
+    /* -0.0 keeps its sign */
+    size_t jl;
+    char *j = write_ok(t, BM_GRAPH_JSON, &jl);
+    bm_tree *b = parse_ok(j, jl, "numbers");
+    ck_assert(signbit(json_real_value(json_object_get(b->config, "r6"))));
+    free(j);
+    bm_tree_free(b);
+    bm_tree_free(t);
+}
+END_TEST
+
+static bm_tree *chain_tree(int depth)
+{
+    bm_error err = {0};
+    bm_tree *t = bm_tree_new();
+    int32_t m = bm_tree_add_root(t, "C", &err);
+    int64_t sh[1] = {1};
+    for (int i = 0; i < depth; i++)
+        m = bm_tree_add_module(t, m, "c", "C", &err);
+    ck_assert_int_eq(bm_tree_add_tensor(t, m, "b", BM_U8, 1, sh, true, false, &err), 0);
+    ck_assert_int_eq(bm_tree_finish(t, "chain", &err), BM_OK);
+    return t;
+}
+
+START_TEST(test_write_limits)
+{
+    /* the deepest tree the reader takes back is written; one deeper is not */
+    bm_tree *t = chain_tree((BM_GRAPH_MAX_DEPTH - 5) / 2);
+    round_trip(t, "deep");
+    bm_tree_free(t);
+    t = chain_tree((BM_GRAPH_MAX_DEPTH - 5) / 2 + 1);
+    char *out = (char *)"x";
+    bm_error err = {0};
+    ck_assert_int_eq(bm_graph_write(t, BM_GRAPH_YAML, &out, NULL, &err), BM_E_UNSUPPORTED);
+    ck_assert_ptr_null(out);
+    ck_assert_ptr_nonnull(strstr(err.msg, "levels deep"));
+    bm_tree_free(t);
+
+    /* names that are not UTF-8 cannot be written */
+    t = bm_tree_new();
+    ck_assert_int_eq(bm_tree_add_root(t, "Bad\xff", &err), 0);
+    ck_assert_int_eq(bm_tree_finish(t, "u", &err), BM_OK);
+    ck_assert_int_eq(bm_graph_write(t, BM_GRAPH_YAML, &out, NULL, &err), BM_E_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "UTF-8"));
+    ck_assert_int_eq(bm_graph_write(t, BM_GRAPH_JSON, &out, NULL, &err), BM_E_INVALID);
+    ck_assert_ptr_null(out);
+    bm_tree_free(t);
 }
 END_TEST
 
@@ -539,6 +1027,17 @@ static Suite *graph_suite(void)
     tcase_add_test(tc, test_deep_nesting);
     tcase_add_test(tc, test_misc_bad);
     tcase_add_test(tc, test_too_many_values);
+    tcase_add_test(tc, test_input_variants);
+    tcase_add_test(tc, test_entry_cap);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("writer");
+    tcase_add_test(tc, test_round_trip_golden);
+    tcase_add_test(tc, test_write_repeat);
+    tcase_add_test(tc, test_write_repeat_rules);
+    tcase_add_test(tc, test_write_exact_text);
+    tcase_add_test(tc, test_write_quoting);
+    tcase_add_test(tc, test_write_numbers);
+    tcase_add_test(tc, test_write_limits);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -208,24 +208,6 @@ START_TEST(test_op_activations)
 }
 END_TEST
 
-START_TEST(test_conversions)
-{
-    /* values from PyTorch: torch.tensor([...]).to(torch.bfloat16 / float16) */
-    ck_assert_uint_eq(bm_f32_to_bf16(1.5f), 0x3fc0);
-    ck_assert_uint_eq(bm_f32_to_bf16(-2.0f), 0xc000);
-    ck_assert_uint_eq(bm_f32_to_bf16(1.00390625f), 0x3f80); /* tie to even: down */
-    ck_assert_uint_eq(bm_f32_to_bf16(1.01171875f), 0x3f82); /* tie to even: up */
-    ck_assert_uint_eq(bm_f32_to_bf16(NAN), 0x7fc0);
-    ck_assert_uint_eq(bm_f32_to_f16(3.25f), 0x4280);
-    ck_assert_uint_eq(bm_f32_to_f16(65520.0f), 0x7c00);
-    ck_assert_uint_eq(bm_f32_to_f16(65519.0f), 0x7bff);
-    ck_assert_uint_eq(bm_f32_to_f16(5.9604645e-08f), 0x0001);
-    ck_assert_uint_eq(bm_f32_to_f16(2.9802322e-08f), 0x0000); /* half of the smallest: even */
-    ck_assert(bm_f16_to_f32(0x0001) == 5.9604645e-08f);
-    ck_assert(bm_bf16_to_f32(0x3fc0) == 1.5f);
-}
-END_TEST
-
 /* ------------------------------------------------------------------------
  * Whole models
  * ------------------------------------------------------------------------ */
@@ -437,6 +419,74 @@ START_TEST(test_budget_enforced)
 }
 END_TEST
 
+static uint64_t subtree_bytes(const bm_tree *tree, const char *module)
+{
+    int32_t m = bm_tree_find_module(tree, module);
+    ck_assert_int_ne(m, BM_NONE);
+    uint64_t n = 0;
+    for (int32_t i = tree->modules[m].tensor_begin; i < tree->modules[m].subtree_tensor_end; i++)
+        if (!tree->tensors[i].is_buffer || tree->tensors[i].persistent)
+            n += bm_tensor_storage_bytes(&tree->tensors[i]);
+    return n;
+}
+
+/* Budgets planned as accelerate does (weights + the largest layer kept
+ * free on the main device) plus the runner's activation headroom: the run
+ * fits, and no device's peak goes over its budget, prefetch included. */
+START_TEST(test_peak_within_budget)
+{
+    bm_error err = {0};
+    bm_model_opts mo = {.model = FIX "tiny-llama", .need_checkpoint = true};
+    bm_model *model;
+    ck_assert_int_eq(bm_model_open(&mo, &model, &err), BM_OK);
+    const bm_tree *t = model->tree;
+    json_t *exp = load_json(FIX "tiny-llama.expected.json");
+    int32_t ids[64];
+    int64_t n = expected_prompt(exp, ids);
+    json_decref(exp);
+    uint64_t head;
+    ck_assert_int_eq(bm_runner_headroom(t, n + 10, false, &head, &err), BM_OK);
+    uint64_t layer = subtree_bytes(t, "model.layers.0");
+    uint64_t budget[2] = {
+        subtree_bytes(t, "model.embed_tokens") + layer + layer + head,
+        subtree_bytes(t, "model.layers.1") + head,
+    };
+    for (int pf = 0; pf < 2; pf++) {
+        bm_runner_opts o = {.threads = 2, .map = llama_gpu_cpu, .n_map = N(llama_gpu_cpu),
+                            .main_device = BM_DEVICE_NONE, .gpu_budget = budget,
+                            .n_gpu_budgets = 2, .prefetch = pf};
+        bm_runner *r;
+        ck_assert_msg(bm_runner_open(model, &o, &r, &err) == BM_OK, "%s", err.msg);
+        bm_run_result res;
+        ck_assert_msg(bm_runner_run(r, ids, n, 10, false, &res, &err) == BM_OK, "%s", err.msg);
+        for (int id = 0; id < 2; id++) {
+            bm_dev *d;
+            ck_assert_int_eq(bm_rt_device(bm_runner_rt(r), id, &d, &err), BM_OK);
+            bm_dev_stats st;
+            bm_dev_get_stats(d, &st);
+            ck_assert_uint_eq(st.capacity, budget[id]);
+            ck_assert_msg(st.peak <= budget[id], "vgpu:%d peak %llu > budget %llu", id,
+                          (unsigned long long)st.peak, (unsigned long long)budget[id]);
+            ck_assert_uint_gt(st.peak, 0);
+        }
+        bm_run_result_free(&res);
+        bm_runner_close(r);
+    }
+    /* no room for the activations on GPU 0: an error, never a silent overrun */
+    budget[0] = subtree_bytes(t, "model.embed_tokens") + layer;
+    bm_runner_opts o = {.threads = 1, .map = llama_gpu_cpu, .n_map = N(llama_gpu_cpu),
+                        .main_device = BM_DEVICE_NONE, .gpu_budget = budget, .n_gpu_budgets = 2,
+                        .prefetch = true};
+    bm_runner *r;
+    ck_assert_int_eq(bm_runner_open(model, &o, &r, &err), BM_OK);
+    bm_run_result res;
+    ck_assert_int_eq(bm_runner_run(r, ids, n, 10, false, &res, &err), BM_E_NOFIT);
+    ck_assert_msg(strstr(err.msg, "vgpu:0: out of memory") != NULL, "%s", err.msg);
+    bm_runner_close(r);
+    bm_model_close(model);
+}
+END_TEST
+
 START_TEST(test_bad_maps)
 {
     bm_error err = {0};
@@ -464,7 +514,6 @@ Suite *runner_suite(void)
     tcase_add_test(ops, test_op_linear_norms);
     tcase_add_test(ops, test_op_rope_attention);
     tcase_add_test(ops, test_op_activations);
-    tcase_add_test(ops, test_conversions);
     suite_add_tcase(s, ops);
     TCase *models = tcase_create("models");
     tcase_set_timeout(models, 120);
@@ -476,6 +525,7 @@ Suite *runner_suite(void)
     tcase_add_test(models, test_gpt2);
     tcase_add_test(models, test_bits_identical_across_threads);
     tcase_add_test(models, test_budget_enforced);
+    tcase_add_test(models, test_peak_within_budget);
     tcase_add_test(models, test_bad_maps);
     suite_add_tcase(s, models);
     return s;
