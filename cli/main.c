@@ -11,6 +11,11 @@
 const cli_command cli_commands[] = {
     {"inspect", cmd_inspect, "show a model's module tree, sizes, largest layer and shards"},
     {"graph", cmd_graph, "write a model graph file from a config.json or a checkpoint"},
+    {"plan", cmd_plan, "compute a device map (accelerate's infer_auto_device_map)"},
+    {"check", cmd_check, "validate a device map against a model and budgets"},
+    {"shard", cmd_shard, "re-shard a checkpoint into a model folder, converting dtypes"},
+    {"offload", cmd_offload, "write accelerate's disk-offload folder from a checkpoint"},
+    {"verify", cmd_verify, "check a model folder or offload folder against its digests"},
     {"run", cmd_run, "run a model dispatched by its device map (also: bmrun)"},
     {NULL, NULL, NULL},
 };

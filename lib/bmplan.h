@@ -359,10 +359,13 @@ char *bm_path_join(const char *dir, const char *name);
 
 /* The other modules' public headers (one line each). */
 #include "checkpoint.h"
+#include "convert.h"
 #include "safetensors.h"
 #include "graph.h"
 #include "hfconfig.h"
 #include "model.h"
+#include "planner.h"
+#include "offload.h"
 
 #include "runner.h"
 
