@@ -58,7 +58,8 @@ NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-
              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 \
              -Ilib -Iformats -Iplanner $(filter -I%,$(PKG_CFLAGS))
 CUDA_LIBS := -cudart shared -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas \
-             -Xlinker --version-script=lib/cuda/libbmplan_cuda.map -Xlinker -z,defs
+             -Xlinker --version-script=lib/cuda/libbmplan_cuda.map -Xlinker -z,defs \
+             -Xlinker -z,nodelete
 # GPU tests: a Check program on the public API (plain C, so `make test`
 # compile-checks it everywhere); it dlopens the backend at run time.
 GPU_TEST := $(BUILD)/tests/gpu/test_cuda
