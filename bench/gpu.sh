@@ -25,7 +25,13 @@ cd "$(dirname "$0")/.." || exit 1
 BUILD=${BUILD:-build}
 OUTD=${BENCH_OUT:-$BUILD/bench-gpu}
 PRESET=${BENCH_PRESET:-7b}
-MODEL=${BENCH_MODEL:-/dev/shm/bmplan-bench-llama-$PRESET}
+# the model in RAM (/dev/shm) when it has room for 16 GiB, else on disk
+shm_free=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+if [ "${shm_free:-0}" -gt $((16 << 20)) ] || [ "$PRESET" = tiny ]; then
+    MODEL=${BENCH_MODEL:-/dev/shm/bmplan-bench-llama-$PRESET}
+else
+    MODEL=${BENCH_MODEL:-$BUILD/bench-model-llama-$PRESET}
+fi
 GPU_LAYERS=${BENCH_GPU_LAYERS:-16}
 [ "$PRESET" = tiny ] && GPU_LAYERS=${BENCH_GPU_LAYERS:-2}
 mkdir -p "$OUTD"
