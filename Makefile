@@ -49,10 +49,23 @@ TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_SUPPORT_SRC := $(sort $(wildcard tests/unit/support_*.c))
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT_SRC:%.c=$(BUILD)/obj/%.o)
 
+# The CUDA backend: a shared library loaded with dlopen by --backend cuda,
+# for Hopper (sm_90) with PTX for later GPUs; the CUDA runtime and cuBLAS
+# are found through an rpath to the toolkit that built it.
 CUDA_SRC := $(sort $(wildcard lib/cuda/*.cu))
 CUDA_LIB := $(BUILD)/libbmplan_cuda.so
-NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-Wextra,-Werror -Werror all-warnings \
-             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Ilib
+CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror \
+             -Werror all-warnings \
+             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 \
+             -Ilib -Iformats -Iplanner $(filter -I%,$(PKG_CFLAGS))
+CUDA_LIBS := -cudart shared -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas \
+             -Xlinker --version-script=lib/cuda/libbmplan_cuda.map -Xlinker -z,defs \
+             -Xlinker -z,nodelete
+# GPU tests: a Check program on the public API (plain C, so `make test`
+# compile-checks it everywhere); it dlopens the backend at run time.
+GPU_TEST := $(BUILD)/tests/gpu/test_cuda
+GPU_BENCH := $(BUILD)/bench/gpu_bench
 
 ALL := $(BUILD)/libbmplan.a $(BUILD)/bmplan $(BUILD)/bmrun
 ifeq ($(CUDA),1)
@@ -84,16 +97,24 @@ $(BUILD)/bmplan: $(CLI_OBJ) $(BUILD)/libbmplan.a
 $(BUILD)/bmrun: $(BUILD)/bmplan
 	ln -f $< $@
 
-$(CUDA_LIB): $(CUDA_SRC) $(wildcard lib/cuda/*.h) lib/bmplan.h
+$(CUDA_LIB): $(CUDA_SRC) $(wildcard lib/cuda/*.h) lib/cuda/libbmplan_cuda.map lib/bmplan.h lib/device.h
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CUDA_SRC) -lcublas
+	$(Q)$(NVCC) $(NVCCFLAGS) -shared -o $@ $(CUDA_SRC) $(CUDA_LIBS)
+
+$(GPU_TEST): tests/gpu/test_cuda.c $(BUILD)/libbmplan.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(CHECK_CFLAGS) -o $@ $< $(BUILD)/libbmplan.a $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
+
+$(GPU_BENCH): bench/gpu_bench.c $(BUILD)/libbmplan.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libbmplan.a $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libbmplan.a $(TEST_SUPPORT_OBJ)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(TEST_SUPPORT_OBJ) $(BUILD)/libbmplan.a \
 	    $(LDFLAGS) $(CHECK_LIBS) $(LDLIBS)
 
-test: all $(TEST_BIN)
+test: all $(TEST_BIN) $(GPU_TEST) $(GPU_BENCH)
 	@bash tests/gpu/maybe_skip.sh $(BUILD)
 	@BUILD=$(BUILD) bash tests/run_unit.sh $(TEST_BIN)
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash tests/cli/run.sh
@@ -104,7 +125,7 @@ test-unit: all $(TEST_BIN)
 test-cli: all
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash tests/cli/run.sh
 
-test-gpu: all
+test-gpu: all $(GPU_TEST)
 	@BMPLAN=$(BUILD)/bmplan BUILD=$(BUILD) bash tests/gpu/run.sh
 
 demo: all

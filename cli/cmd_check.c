@@ -11,15 +11,18 @@
 
 static const char *const usage[] = {
     "MODEL --device-map FILE [--max-memory SPEC]... [--dtype DTYPE]",
-    "[--graph FILE] [--checkpoint PATH] --device-map FILE [--max-memory SPEC]...",
+    "--graph FILE [--checkpoint PATH] --device-map FILE [--max-memory SPEC]...",
+    "--checkpoint PATH --device-map FILE [--max-memory SPEC]...",
     NULL,
 };
 
 static const char description[] =
-    "Checks that every parameter and persistent buffer of MODEL gets exactly one\n"
-    "device, that every key names a module or tensor of the model, that tied\n"
-    "parameters share a device and, with --max-memory, that no device receives\n"
-    "more than its budget (disk is never limited). Prints the bytes per device.";
+    "MODEL is a graph file, a config.json, a model folder or a checkpoint, as for\n"
+    "bmplan plan. Checks that every parameter and persistent buffer of MODEL gets\n"
+    "exactly one device, that every key names a module or tensor of the model,\n"
+    "that tied parameters share a device and, with --max-memory, that no device\n"
+    "receives more than its budget (disk is never limited). Prints the bytes per\n"
+    "device.";
 
 int cmd_check(int argc, char **argv)
 {
@@ -54,8 +57,8 @@ int cmd_check(int argc, char **argv)
         rc = cli_usage_error("check", "expected at most one MODEL, got %d", npos);
         goto done;
     }
-    if (npos == 0 && !graph) {
-        rc = cli_usage_error("check", "missing MODEL (or --graph FILE)");
+    if (npos == 0 && !graph && !checkpoint) {
+        rc = cli_usage_error("check", "missing MODEL (or --graph FILE or --checkpoint PATH)");
         goto done;
     }
     if (!map_path) {

@@ -16,9 +16,10 @@ static const char *const usage[] = {
 };
 
 static const char description[] =
-    "PATH is a graph file, a .safetensors or .bin file, an index.json, or a\n"
-    "Hugging Face model folder. Sizes follow accelerate's compute_module_sizes\n"
-    "(non-persistent buffers included, tied names counted once).";
+    "PATH is a graph file, a Hugging Face config.json, a .safetensors or .bin\n"
+    "file, an index.json, or a Hugging Face model folder. Sizes follow\n"
+    "accelerate's compute_module_sizes (non-persistent buffers included, tied\n"
+    "names counted once).";
 
 struct dtype_total {
     uint64_t tensors, elements, bits;
@@ -49,8 +50,11 @@ static uint64_t module_params(const bm_tree *t, int32_t m)
     return n;
 }
 
-/* Children named "0".."N-1" with the same class are summarised in one row. */
-static bool uniform_list(const bm_tree *t, int32_t m)
+static uint64_t module_params(const bm_tree *t, int32_t m);
+
+/* Children named "0".."N-1" with the same class, size and parameter count
+ * are summarised in one row. */
+static bool uniform_list(const bm_tree *t, const uint64_t *mb, int32_t m)
 {
     const bm_module *mod = &t->modules[m];
     if (mod->n_children < 2)
@@ -60,7 +64,8 @@ static bool uniform_list(const bm_tree *t, int32_t m)
     for (int32_t c = first; c != BM_NONE; c = t->modules[c].next_sibling, k++) {
         char want[16];
         snprintf(want, sizeof want, "%d", k);
-        if (strcmp(t->modules[c].local, want) || strcmp(t->modules[c].cls, t->modules[first].cls))
+        if (strcmp(t->modules[c].local, want) || strcmp(t->modules[c].cls, t->modules[first].cls) ||
+            mb[c] != mb[first] || module_params(t, c) != module_params(t, first))
             return false;
     }
     return true;
@@ -76,7 +81,7 @@ static void print_rows(const bm_tree *t, const uint64_t *mb, int32_t m, int dept
     printf("  %-44s %-28.28s %15s %12s\n", label, mod->cls, params, size);
     if (depth >= max_depth)
         return;
-    if (uniform_list(t, m)) {
+    if (uniform_list(t, mb, m)) {
         int32_t c = mod->first_child;
         char each[32], lab[300], cls[64];
         bm_size_format_bits(mb[c], each, sizeof each);

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 static const char *const usage[] = {
-    "MODEL -o DIR [--dtype D] [--device-map FILE] [--compress zstd[:LEVEL]]",
+    "MODEL -o DIR [--dtype DTYPE] [--device-map FILE] [--compress zstd[:LEVEL]]",
     "    [--by-reference] [--force|--merge] [--jobs N] [--quiet]",
     NULL,
 };

@@ -11,18 +11,22 @@
 #include <unistd.h>
 
 static const char *const usage[] = {
-    "[MODEL] [--graph FILE] [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
+    "MODEL --max-memory SPEC... [OPTIONS]",
+    "--graph FILE [--checkpoint PATH] --max-memory SPEC... [OPTIONS]",
+    "--checkpoint PATH --max-memory SPEC... [OPTIONS]",
     NULL,
 };
 
 static const char description[] =
-    "MODEL is a graph file or a model folder (config.json + checkpoint); with a\n"
-    "checkpoint, sizes and dtypes come from its tensors. SPEC is DEVICE=SIZE[,...]\n"
-    "with DEVICE a GPU id, mps, cpu or disk and SIZE like 10GiB, 5GB or a number of\n"
-    "bytes, or @FILE.json holding accelerate's max_memory dict. The device map is\n"
-    "printed as JSON (GPU ids as integers) for from_pretrained(device_map=...).\n"
-    "--compat 0.27 and latest reproduce those accelerate versions exactly, bugs\n"
-    "included; the default fixes them (see bmplan-plan(1)).";
+    "MODEL is a graph file, a config.json, a model folder (config.json +\n"
+    "checkpoint) or a checkpoint (a .safetensors or .bin file, an index.json);\n"
+    "with a checkpoint, sizes and dtypes come from its tensors. SPEC is\n"
+    "DEVICE=SIZE[,...] with DEVICE a GPU id, mps, cpu or disk and SIZE like\n"
+    "10GiB, 5GB or a number of bytes, or @FILE.json holding accelerate's\n"
+    "max_memory dict. The device map is printed as JSON (GPU ids as integers) for\n"
+    "from_pretrained(device_map=...). --compat 0.27 and latest reproduce those\n"
+    "accelerate versions exactly, bugs included; the default fixes them (see\n"
+    "bmplan-plan(1)).";
 
 /* The Python exception accelerate raises for a failure, for the error
  * object printed on stdout. */
@@ -125,8 +129,8 @@ int cmd_plan(int argc, char **argv)
         rc = cli_usage_error("plan", "expected at most one MODEL, got %d", npos);
         goto done_lists;
     }
-    if (npos == 0 && !graph) {
-        rc = cli_usage_error("plan", "missing MODEL (or --graph FILE)");
+    if (npos == 0 && !graph && !checkpoint) {
+        rc = cli_usage_error("plan", "missing MODEL (or --graph FILE or --checkpoint PATH)");
         goto done_lists;
     }
     if (!parse_compat(compat_s, &compat)) {

@@ -20,7 +20,7 @@
 
 static const char *const usage[] = {
     "MODEL -o OUTDIR [--max-shard-size 5GB] [--dtype float16|bfloat16|float32]",
-    "    [--keep-in-fp32 NAME_OR_PREFIX]... [--device-map FILE --offload-folder DIR]",
+    "    [--keep-in-fp32 NAME]... [--device-map FILE --offload-folder DIR]",
     "    [--jobs N] [--force] [--quiet]",
     NULL,
 };

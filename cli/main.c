@@ -17,6 +17,7 @@ const cli_command cli_commands[] = {
     {"shard", cmd_shard, "re-shard a checkpoint into a model folder, converting dtypes"},
     {"offload", cmd_offload, "write accelerate's disk-offload folder from a checkpoint"},
     {"verify", cmd_verify, "check a model folder or offload folder against its digests"},
+    {"run", cmd_run, "run a model dispatched by its device map (also: bmrun)"},
     {"estimate", cmd_estimate, "memory for weights, KV cache and workspace"},
     {"fleet", cmd_fleet, "how many GPUs of a type a model needs"},
     {NULL, NULL, NULL},

@@ -524,8 +524,10 @@ bm_status bm_shard_write(const bm_checkpoint *ck, const char *dir, const bm_rewr
         const char *vals[2] = {"pt", DIGEST_PLACEHOLDER};
         bm_st_write_opts wo = {.n_meta = p.single ? 2 : 1, .meta_keys = meta_keys_single,
                                .meta_values = vals, .reference_order = true};
-        if ((st = bm_st_layout_build(j->specs, j->n, &wo, &j->layout, err)))
+        if ((st = bm_st_layout_build(j->specs, j->n, &wo, &j->layout, err))) {
+            bm_error_prefix(err, "%s", ck->path);
             goto done;
+        }
     }
     if ((st = run_pool(&p, o->jobs, err)))
         goto done;

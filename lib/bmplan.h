@@ -368,4 +368,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "planner.h"
 #include "offload.h"
 
+#include "runner.h"
+
 #endif /* BMPLAN_H */

@@ -16,6 +16,28 @@ static bool has_suffix(const char *s, const char *suffix)
     return ls >= lx && strcmp(s + ls - lx, suffix) == 0;
 }
 
+/* A Hugging Face config: a file named config.json, or a JSON object with
+ * a "model_type" key and no "format" key (graph files have "format"). */
+static bool is_config_json(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strcmp(base, "config.json") == 0)
+        return true;
+    if (!has_suffix(base, ".json"))
+        return false;
+    char *text = NULL;
+    size_t len = 0;
+    if (bm_read_file(path, 16u << 20, &text, &len, NULL))
+        return false;
+    json_t *doc = json_loadb(text, len, 0, NULL);
+    free(text);
+    bool cfg = json_is_object(doc) && json_object_get(doc, "model_type") &&
+               !json_object_get(doc, "format");
+    json_decref(doc);
+    return cfg;
+}
+
 void bm_model_close(bm_model *m)
 {
     if (!m)
@@ -194,6 +216,15 @@ bm_status bm_model_open(const bm_model_opts *o, bm_model **out, bm_error *err)
                 goto fail;
             }
             ckpt_path = o->model;
+        } else if (!graph_path && is_config_json(o->model)) {
+            /* a Hugging Face config.json on its own: the tree it
+             * describes (weights only with --checkpoint) */
+            if ((st = bm_hfconfig_load(o->model, &m->tree, err)))
+                goto fail;
+            if (!(m->graph_source = strdup(o->model))) {
+                st = bm_fail(err, BM_E_NOMEM, "out of memory");
+                goto fail;
+            }
         } else {
             if (graph_path) {
                 st = bm_fail(err, BM_E_INVALID,
@@ -208,7 +239,7 @@ bm_status bm_model_open(const bm_model_opts *o, bm_model **out, bm_error *err)
         if ((st = bm_graph_load(graph_path, &m->tree, err)))
             goto fail;
         m->graph_source = strdup(graph_path);
-    } else if (folder) {
+    } else if (folder && !m->tree) {
         bool unsupported;
         st = tree_from_config(folder, m, &unsupported, err);
         if (st && st != BM_E_NOTFOUND && !(unsupported && ckpt_path))

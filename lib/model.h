@@ -38,6 +38,8 @@ typedef struct bm_model_opts {
  *   - MODEL a folder: tree from config.json when its model_type is known,
  *     else from the checkpoint's tensor names; checkpoint from the folder.
  *   - MODEL a checkpoint file or index: tree from its tensor names.
+ *   - MODEL a Hugging Face config (a file named config.json, or a .json
+ *     object with "model_type" and no "format"): the tree it describes.
  *   - MODEL any other file: a graph file.
  *   - --graph / --checkpoint override either part.
  * With both a tree and a checkpoint, the checkpoint must hold every

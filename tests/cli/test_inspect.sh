@@ -37,6 +37,10 @@ expect_rc 0 "inspect llama-2-70b" -- "$BMPLAN" inspect "$ROOT/examples/llama-2-7
 expect_out_contains "68,976,648,192"
 expect_out_contains "largest layer: model.layers.0 (LlamaDecoderLayer)"
 
+# a Hugging Face config.json given as MODEL (by name or by content)
+expect_rc 0 "inspect a config file" -- "$BMPLAN" inspect "$ROOT/tests/fixtures/golden/configs/llama-2-7b.json"
+expect_out_contains "6,738,415,616"
+
 # a checkpoint alone: the tree follows the tensor names
 expect_rc 0 "inspect a safetensors file" -- "$BMPLAN" inspect "$ST/dtypes.safetensors" --json
 expect_out_contains '"checkpoint"'

@@ -210,6 +210,12 @@ START_TEST(test_folder_with_config)
     o.need_checkpoint = true;
     ck_assert_int_eq(bm_model_open(&o, &m, &err), BM_E_NOTFOUND);
     ck_assert_ptr_nonnull(strstr(err.msg, "no checkpoint"));
+    /* the config.json file itself names the same tree */
+    bm_model_opts oc = {.model = p};
+    ck_assert_msg(bm_model_open(&oc, &m, &err) == BM_OK, "%s", err.msg);
+    ck_assert_str_eq(m->tree->arch, "gpt2");
+    ck_assert_ptr_null(m->ckpt);
+    bm_model_close(m);
 }
 END_TEST
 

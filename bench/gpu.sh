@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# bench/gpu.sh - the CUDA backend's benchmark, one prepared script for a GPU
+# machine (written for one H200; a few minutes). Prints figures and the
+# targets they are held to; exits 0 when every figure was measured
+# (whether or not the targets are met: the verdicts are in the summary).
+#
+#   1. a Llama-2-7B-shaped model with random bfloat16 weights, generated on
+#      the GPU (bench/gpu_make_model.py; no network needed)
+#   2. bmrun (bench/gpu_bench: the runner library), all resident: 512-token
+#      prefill and decoding
+#   3. bmrun with layers >= 16, the norm and the LM head on "cpu" under a
+#      GPU budget of the resident part + 2 GiB: decoding streams half the
+#      model per token; the CUDA backend's report gives the pinned
+#      host -> device bandwidth measured at startup
+#   4. PyTorch eager (all resident) and accelerate (same map) through
+#      transformers' from_pretrained(device_map=...) (bench/gpu_reference.py)
+#   5. the summary: bench-summary.md and bench-results.json in $BENCH_OUT
+#
+# Environment: BUILD (build), BENCH_OUT ($BUILD/bench-gpu), BENCH_MODEL
+# (the model folder; default /dev/shm/bmplan-bench-llama7b), BENCH_PRESET
+# (7b, or tiny to try the script), BENCH_SKIP_TORCH=1 (bmrun only),
+# BENCH_BACKEND (cuda; cpu runs the script's logic on virtual devices).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+OUTD=${BENCH_OUT:-$BUILD/bench-gpu}
+PRESET=${BENCH_PRESET:-7b}
+# the model in RAM (/dev/shm) when it has room for 16 GiB, else on disk
+shm_free=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+if [ "${shm_free:-0}" -gt $((16 << 20)) ] || [ "$PRESET" = tiny ]; then
+    MODEL=${BENCH_MODEL:-/dev/shm/bmplan-bench-llama-$PRESET}
+else
+    MODEL=${BENCH_MODEL:-$BUILD/bench-model-llama-$PRESET}
+fi
+GPU_LAYERS=${BENCH_GPU_LAYERS:-16}
+[ "$PRESET" = tiny ] && GPU_LAYERS=${BENCH_GPU_LAYERS:-2}
+mkdir -p "$OUTD"
+rm -f "$OUTD"/cuda-*.json
+export BMPLAN_CUDA_LIB=${BMPLAN_CUDA_LIB:-$PWD/$BUILD/libbmplan_cuda.so}
+BACKEND=${BENCH_BACKEND:-cuda}
+BENCH=$BUILD/bench/gpu_bench
+[ -x "$BENCH" ] || make -s "$BENCH" || exit 1
+t0=$(date +%s)
+say() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
+
+say "machine"
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
+        --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+    echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+} >"$OUTD/machine.txt"
+cat "$OUTD/machine.txt" >&2
+
+say "model ($PRESET) in $MODEL"
+python3 bench/gpu_make_model.py "$MODEL" "$PRESET" || exit 1
+
+# the GPU budget of the offload run: what the map keeps on GPU 0 (the
+# embedding and the first GPU_LAYERS layers), plus 2 GiB for activations,
+# the KV cache and the weights streamed in ahead of use
+budget=$(python3 - "$MODEL" "$GPU_LAYERS" <<'EOF'
+import json, struct, sys
+path, k = sys.argv[1], int(sys.argv[2])
+with open(path + "/model.safetensors", "rb") as f:
+    h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+n = 0
+for name, t in h.items():
+    if name == "__metadata__":
+        continue
+    keep = name.startswith("model.embed_tokens.") or any(
+        name.startswith(f"model.layers.{l}.") for l in range(k))
+    if keep:
+        n += t["data_offsets"][1] - t["data_offsets"][0]
+print(n + (2 << 30))
+EOF
+)
+
+say "bmrun: all resident (prefill 512, decode 32)"
+BMPLAN_CUDA_REPORT="$OUTD/cuda-resident.json" "$BENCH" "$MODEL" --gpu-layers -1 --prompt 512 \
+    --generate 34 --warmup --dtype bfloat16 --backend "$BACKEND" --report "$OUTD/run-resident.json" \
+    >"$OUTD/bmrun-resident.json" || exit 1
+cat "$OUTD/bmrun-resident.json" >&2
+
+say "bmrun: layers >= $GPU_LAYERS on cpu, GPU budget $budget bytes (decode 12)"
+BMPLAN_CUDA_REPORT="$OUTD/cuda-offload.json" "$BENCH" "$MODEL" --gpu-layers "$GPU_LAYERS" \
+    --prompt 32 --generate 13 --warmup --dtype bfloat16 --budget "$budget" --backend "$BACKEND" \
+    --report "$OUTD/run-offload.json" >"$OUTD/bmrun-offload.json" || exit 1
+cat "$OUTD/bmrun-offload.json" >&2
+
+if [ "${BENCH_SKIP_TORCH:-0}" != 1 ]; then
+    say "PyTorch eager and accelerate"
+    python3 bench/gpu_reference.py "$MODEL" --gpu-layers "$GPU_LAYERS" --prompt 512 --generate 32 \
+        --offload-prompt 32 --offload-generate 6 >"$OUTD/torch.json" || exit 1
+    cat "$OUTD/torch.json" >&2
+else
+    echo '{}' >"$OUTD/torch.json"
+fi
+
+say "summary"
+python3 - "$OUTD" <<'EOF'
+import json, os, sys
+d = sys.argv[1]
+def ld(n):
+    p = os.path.join(d, n)
+    return json.load(open(p)) if os.path.exists(p) else {}
+res, off = ld("bmrun-resident.json"), ld("bmrun-offload.json")
+cres, coff, tor = ld("cuda-resident.json"), ld("cuda-offload.json"), ld("torch.json")
+machine = open(os.path.join(d, "machine.txt")).read().strip()
+pinned = coff.get("h2d_pinned_GBps") or cres.get("h2d_pinned_GBps") or 0
+g = coff["gpus"][0] if coff.get("gpus") else {}
+eff = off["effective_GBps"]
+rows, verdicts = [], []
+def row(what, value, target=None, ok=None):
+    rows.append((what, value, target or "", "" if ok is None else ("yes" if ok else "NO")))
+    if ok is not None:
+        verdicts.append(ok)
+row("pinned host->device (measured at startup)", f"{pinned:.1f} GB/s")
+row("pageable host->device (driver staging)", f"{coff.get('h2d_pageable_GBps', 0):.1f} GB/s")
+row("pageable host->device (bmplan staging rings)", f"{coff.get('h2d_staged_GBps', 0):.1f} GB/s")
+row("streamed decode: effective host->device", f"{eff:.1f} GB/s ({off['offloaded_bytes_per_token']/1e9:.2f} GB/token)",
+    ">= 85% of pinned", pinned > 0 and eff >= 0.85 * pinned)
+if g:
+    row("streamed uploads inside the backend", f"{g.get('streamed_GBps', 0):.1f} GB/s")
+    row("GPU idle waiting on uploads (offload run)", f"{g.get('gpu_idle_waiting_on_uploads_s', 0):.2f} s of {g.get('gpu_idle_s', 0):.2f} s idle")
+row("bmrun offload: time per token", f"{off['decode_median_s']*1e3:.1f} ms")
+acc = tor.get("offload_decode_median_s")
+if acc:
+    row("accelerate offload: time per token", f"{acc*1e3:.1f} ms", "bmrun >= 3x faster",
+        acc >= 3 * off["decode_median_s"])
+row("bmrun resident: time per token", f"{res['decode_median_s']*1e3:.2f} ms")
+for attn in ("sdpa", "eager"):
+    t = tor.get(f"eager_{attn}_decode_median_s")
+    if t:
+        row(f"PyTorch eager ({attn}) resident: time per token", f"{t*1e3:.2f} ms",
+            "bmrun within 1.2x" if attn == "sdpa" else None,
+            res["decode_median_s"] <= 1.2 * t if attn == "sdpa" else None)
+row("bmrun resident: 512-token prefill", f"{res['prefill_s']*1e3:.1f} ms")
+for attn in ("sdpa", "eager"):
+    t = tor.get(f"eager_{attn}_prefill_s")
+    if t:
+        row(f"PyTorch eager ({attn}): 512-token prefill", f"{t*1e3:.1f} ms",
+            "bmrun within 1.2x" if attn == "sdpa" else None,
+            res["prefill_s"] <= 1.2 * t if attn == "sdpa" else None)
+md = ["# bench/gpu.sh", "", "```", machine,
+      f"torch {tor.get('torch')}, transformers {tor.get('transformers')}, accelerate {tor.get('accelerate')}",
+      "```", "", "| figure | value | target | met |", "|---|---|---|---|"]
+md += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
+md += ["", f"targets met: {sum(verdicts)} of {len(verdicts)}"]
+text = "\n".join(md) + "\n"
+open(os.path.join(d, "bench-summary.md"), "w").write(text)
+json.dump({"machine": machine, "bmrun_resident": res, "bmrun_offload": off, "cuda_resident": cres,
+           "cuda_offload": coff, "torch": tor}, open(os.path.join(d, "bench-results.json"), "w"),
+          indent=1)
+print(text)
+EOF
+say "done"

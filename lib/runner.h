@@ -1,0 +1,88 @@
+/*
+ * runner.h - load_checkpoint_and_dispatch plus a generation loop: what
+ * `bmplan run` does, as a library call. Opens a backend, builds the
+ * runtime for a model, binds its architecture, loads the weights the
+ * device map puts on GPUs and in host memory, attaches accelerate's hooks
+ * for the map (offloaded modules read their weights from host memory or
+ * the offload folder at each call), then runs a prompt and greedy
+ * decoding with a KV cache, timing each phase.
+ */
+/* Included before the guard: bmplan.h includes this header at its end. */
+#include "hooks.h"
+
+#ifndef BM_RUNNER_H
+#define BM_RUNNER_H
+
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bm_runner_opts {
+    const char *backend;        /* "cpu" (default) or "cuda" */
+    int threads;                /* CPU threads (0: all cores) */
+    bm_dtype dtype;             /* compute dtype; INVALID: the checkpoint's */
+    const bm_map_entry *map;    /* the device map (module or tensor names) */
+    int n_map;
+    int main_device;            /* BM_DEVICE_NONE: the map's first GPU, else cpu */
+    /* capacities per device: GPU id i -> gpu_budget[i] (n_gpu_budgets of
+     * them; UINT64_MAX = unlimited), host -> cpu_budget */
+    const uint64_t *gpu_budget;
+    int n_gpu_budgets;
+    uint64_t cpu_budget;
+    bm_wsource *offload;        /* the offload folder, for "disk" entries */
+    bool prefetch;
+    uint64_t staging_bytes;     /* 0: default */
+    bool offload_buffers;
+} bm_runner_opts;
+
+typedef struct bm_runner bm_runner;
+
+typedef struct bm_run_result {
+    float *logits;        /* of the prompt's forward: last row, or all */
+    int64_t rows, vocab;
+    int32_t *generated;   /* greedy tokens */
+    int64_t n_generated;
+    double prompt_s;      /* the prompt's forward */
+    double *token_s;      /* each decoding step after the first token */
+    int64_t n_token_s;
+} bm_run_result;
+
+/* bm_model_open for running with an offload folder: the checkpoint may
+ * lack the tensors the folder holds (`bmplan shard --device-map` writes
+ * them there instead). When the full check fails and allow_partial is set,
+ * the tree and the checkpoint are opened apart; bm_runner_open then checks
+ * every tensor against the checkpoint or the offload folder, by where the
+ * map puts it. */
+bm_status bm_runner_model_open(const bm_model_opts *opts, bool allow_partial, bm_model **out,
+                               bm_error *err);
+
+/* Everything is checked (map coverage, names, shapes, offload entries)
+ * before any weight is loaded. */
+bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runner **out,
+                         bm_error *err);
+void bm_runner_close(bm_runner *r);
+bm_rt *bm_runner_rt(bm_runner *r);
+double bm_runner_load_seconds(const bm_runner *r);
+
+/* Run `ids`, then greedy-decode n_new tokens (0: none). */
+bm_status bm_runner_run(bm_runner *r, const int32_t *ids, int64_t n, int64_t n_new,
+                        bool all_logits, bm_run_result *res, bm_error *err);
+void bm_run_result_free(bm_run_result *res);
+
+/* Device memory a forward of max_tokens positions needs besides the
+ * weights, on a GPU that holds all layers: KV caches plus activations.
+ * Planning from budgets keeps this much of each GPU free. */
+bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
+                             uint64_t *bytes, bm_error *err);
+
+/* The --report JSON: per-device capacity, peak and traffic, bytes read
+ * from disk and copied from host memory, phase times, prefetch counts. */
+bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **json,
+                           bm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
