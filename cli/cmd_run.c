@@ -378,7 +378,8 @@ int cmd_run(int argc, char **argv)
             cli_fail(cmd, &err);
             goto out;
         }
-        int r = parse_ids(data, &ids, &n_ids);
+        /* the parser stops at a NUL: what follows one would be dropped */
+        int r = memchr(data, 0, len) ? -2 : parse_ids(data, &ids, &n_ids);
         free(data);
         if (r != 0) {
             cli_errorf(cmd, "%s: expected token ids (non-negative integers)", ids_file);
