@@ -31,8 +31,8 @@ rep() { local s=$1 n=$2; head -c "$n" /dev/zero | tr '\0' 'x' | sed "s/x/$s/g"; 
 # a valid shard holding a.weight (F32 [2]) and b.weight (F32 [2])
 good_shard() { st "$1" "{$(t a.weight F32 2 0 8),$(t b.weight F32 2 8 16)}" 16; }
 
-rm -rf st index graph hf offload bin devmap maxmem maxshard
-mkdir -p st index graph hf offload bin devmap maxmem maxshard
+rm -rf st index graph hf offload bin devmap maxmem maxshard runids
+mkdir -p st index graph hf offload bin devmap maxmem maxshard runids
 # a valid checkpoint, the input of the rows that test option values
 good_shard good.safetensors
 
@@ -294,4 +294,15 @@ ms unit-unknown '5XB'
 ms hex '0x10MB'
 ms nan 'nanGB'
 
-echo "generated: $(find st index graph hf offload bin devmap maxmem maxshard -type f | wc -l) files"
+# ---- prompts for bmplan run (--input-file) -------------------------------------
+printf '1, -2, 3\n' >runids/negative.txt
+printf '99999999\n' >runids/out-of-vocab.txt
+printf '99999999999999999999\n' >runids/overflow.txt
+printf '1 2\000 3\n' >runids/nul.txt
+printf '\377\376\000\001PK\003\004' >runids/binary.txt
+{ rep '[' 100000; rep ']' 100000; } >runids/brackets-only.txt
+: >runids/empty.txt
+# a map that sends the whole model to disk (for hostile offload folders)
+printf '{"": "disk"}\n' >run-disk-map.json
+
+echo "generated: $(find st index graph hf offload bin devmap maxmem maxshard runids -type f | wc -l) files"
