@@ -214,6 +214,7 @@ off ref-missing '{"w": {"safetensors_file": "/nonexistent/model.safetensors", "w
 off index-not-object '[{"w": {"dtype": "float32", "shape": [2]}}]'
 off index-nested "{\"w\": $(rep '[' 100000)$(rep ']' 100000)}"
 off dat-is-folder '{"d": {"dtype": "float32", "shape": [2]}}'; mkdir -p offload/dat-is-folder/d.dat
+: >offload/dat-is-folder/d.dat/keep  # (git keeps no empty folder)
 printf '0123456789abcdef' >frame.raw
 off zstd-size ''; zstd -q -c --content-size frame.raw >offload/zstd-size/t.dat.zst
 side zstd-size '{"t": {"storage": "zstd", "dtype": "float32", "shape": [8], "planes": 1, "block": 1048576}}'
