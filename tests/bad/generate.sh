@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the hostile inputs under tests/bad/ (they are committed; this
-# script documents how each was made and rebuilds them byte for byte).
+# script documents how each was made and rebuilds them byte for byte, the
+# zstd frames as the zstd 1.5 command line writes them).
 # Every file here is wrong on purpose; tests/bad/EXPECT says how bmplan must
 # refuse it and tests/cli/test_bad.sh checks that it does.
 #   usage: tests/bad/generate.sh

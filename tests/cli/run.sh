@@ -17,6 +17,11 @@ export BMPLAN_REAL=$BMPLAN BMPLAN_WRAPPER=${BMPLAN_WRAPPER:-}
 if [ -n "$BMPLAN_WRAPPER" ]; then
     wrapdir=$(mktemp -d "${TMPDIR:-/tmp}/bmplan-wrap.XXXXXX")
     trap 'rm -rf "$wrapdir"' EXIT
+    # the files beside the program (the CUDA backend library) appear beside
+    # the wrapper too, for tests that look there
+    for f in "$(dirname "$BMPLAN")"/*; do
+        case ${f##*/} in bmplan|bmrun) ;; *) ln -s "$f" "$wrapdir/${f##*/}" ;; esac
+    done
     # keep the program's name (bmplan or bmrun decides the behaviour)
     for name in bmplan bmrun; do
         printf '#!/bin/sh\nexec %s "%s" "$@"\n' "$BMPLAN_WRAPPER" "$(dirname "$BMPLAN")/$name" \

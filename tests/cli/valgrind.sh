@@ -15,7 +15,7 @@ logs=$PWD/$build/valgrind
 rm -rf "$logs"; mkdir -p "$logs"
 export BMPLAN_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
 --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
---track-origins=yes --log-file=$logs/%p.log"
+--track-origins=yes --suppressions=$PWD/tests/cli/valgrind.supp --log-file=$logs/%p.log"
 # valgrind is 20-50 times slower: give the hostile-input checks room
 export BAD_TIMEOUT=${BAD_TIMEOUT:-300} BAD_MAX_RSS_KB=${BAD_MAX_RSS_KB:-4194304}
 BMPLAN=$build/bmplan BUILD=$build bash tests/cli/run.sh "$@"
