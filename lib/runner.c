@@ -575,8 +575,9 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
         if (is_head && act[need_index(dv)] < head_act)
             act[need_index(dv)] = head_act;
     }
-    /* the prompt's ids in host memory (gpt2: and its position ids) */
-    act[64] += 4 * (uint64_t)M * (d->gpt2 ? 2 : 1);
+    /* the prompt's ids in host memory (gpt2's host position ids come after
+     * they have gone) */
+    act[64] += 4 * (uint64_t)M;
     /* offloaded weights come to the main device one module (that owns
      * tensors) at a call; prefetch stages up to `lookahead` more ahead */
     uint64_t *leaf = calloc((size_t)tree->n_modules + 1, sizeof *leaf);
