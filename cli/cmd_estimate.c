@@ -423,12 +423,126 @@ static json_t *row_json(const row *r, long context, bool training)
     return o;
 }
 
+/* --device-map: what each device of the map needs for `bmplan run` with a
+ * prompt of `prompt` tokens and a context of `context`, by the runner's own
+ * allocation rules (bm_runner_device_needs). */
+static int run_needs(const bm_model *model, const char *map_path, long prompt, long context,
+                     bm_dtype dtype, bool prefetch, bool as_json, const char *out_path)
+{
+    bm_error err = {0};
+    bm_devmap *map = NULL;
+    if (bm_devmap_load(map_path, &map, &err) != BM_OK)
+        return cli_fail(CMD, &err);
+    int rc = CLI_EXIT_FAIL;
+    bm_map_entry *entries = calloc((size_t)map->n + 1, sizeof *entries);
+    if (!entries) {
+        bm_devmap_free(map);
+        return cli_errorf(CMD, "out of memory");
+    }
+    for (int32_t i = 0; i < map->n; i++) {
+        bm_device dv = map->e[i].dev;
+        entries[i].name = map->e[i].name;
+        if (dv.kind == BM_DEV_GPU && dv.id >= 0 && dv.id < 64)
+            entries[i].device = (int)dv.id;
+        else if (dv.kind == BM_DEV_CPU)
+            entries[i].device = BM_DEVICE_CPU;
+        else if (dv.kind == BM_DEV_DISK)
+            entries[i].device = BM_DEVICE_DISK;
+        else {
+            cli_errorf(CMD, "%s: entry '%s' names a device bmplan run cannot use", map_path,
+                       map->e[i].name);
+            goto done;
+        }
+    }
+    bm_device_needs_opts no = {.map = entries, .n_map = map->n, .main_device = BM_DEVICE_NONE,
+                               .dtype = dtype, .prompt_tokens = prompt, .max_tokens = context,
+                               .prefetch = prefetch};
+    bm_device_need needs[65];
+    int nn = 0;
+    if (bm_runner_device_needs(model->tree, &no, needs, &nn, &err) != BM_OK) {
+        cli_fail(CMD, &err);
+        goto done;
+    }
+    char *text = NULL;
+    if (as_json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "format", json_string("bmplan-estimate-run/1"));
+        json_object_set_new(o, "prompt_tokens", json_integer(prompt));
+        json_object_set_new(o, "context", json_integer(context));
+        json_object_set_new(o, "prefetch", json_boolean(prefetch));
+        json_t *devs = json_object();
+        for (int i = 0; i < nn; i++) {
+            char key[16];
+            if (needs[i].device == BM_DEVICE_CPU)
+                snprintf(key, sizeof key, "cpu");
+            else
+                snprintf(key, sizeof key, "%d", needs[i].device);
+            json_t *d = json_object();
+            json_object_set_new(d, "weights_bytes", jint(needs[i].weights));
+            json_object_set_new(d, "kv_bytes", jint(needs[i].kv));
+            json_object_set_new(d, "activations_bytes", jint(needs[i].activations));
+            json_object_set_new(d, "staging_bytes", jint(needs[i].staging));
+            json_object_set_new(d, "peak_bytes", jint(needs[i].peak));
+            json_object_set_new(devs, key, d);
+        }
+        json_object_set_new(o, "devices", devs);
+        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (text) {
+            size_t l = strlen(text);
+            char *t2 = realloc(text, l + 2);
+            if (t2) {
+                t2[l] = '\n';
+                t2[l + 1] = 0;
+            } else {
+                free(text);
+            }
+            text = t2;
+        }
+    } else {
+        size_t cap = 256 + (size_t)nn * 160, len = 0;
+        text = malloc(cap);
+        if (text) {
+            len += (size_t)snprintf(text + len, cap - len,
+                                    "bmplan run, %ld prompt tokens, context %ld%s:\n"
+                                    "%-8s %14s %14s %14s %14s %14s\n",
+                                    prompt, context, prefetch ? "" : ", no prefetch", "device",
+                                    "weights", "kv cache", "activations", "staging", "peak");
+            for (int i = 0; i < nn; i++) {
+                char key[16];
+                if (needs[i].device == BM_DEVICE_CPU)
+                    snprintf(key, sizeof key, "cpu");
+                else
+                    snprintf(key, sizeof key, "%d", needs[i].device);
+                len += (size_t)snprintf(text + len, cap - len,
+                                        "%-8s %14llu %14llu %14llu %14llu %14llu\n", key,
+                                        (unsigned long long)needs[i].weights,
+                                        (unsigned long long)needs[i].kv,
+                                        (unsigned long long)needs[i].activations,
+                                        (unsigned long long)needs[i].staging,
+                                        (unsigned long long)needs[i].peak);
+            }
+        }
+    }
+    if (!text) {
+        cli_errorf(CMD, "out of memory");
+        goto done;
+    }
+    rc = cli_write_output(CMD, out_path, text, strlen(text)) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    free(text);
+done:
+    free(entries);
+    bm_devmap_free(map);
+    return rc;
+}
+
 int cmd_estimate(int argc, char **argv)
 {
     const char *dtypes_text = NULL, *kv_text = NULL, *training = NULL, *out_path = NULL;
     const char *graph = NULL, *checkpoint = NULL;
-    long context = 0, batch = 0;
-    bool as_json = false, like_accel = false;
+    long context = 0, batch = 0, prompt = 0;
+    bool as_json = false, like_accel = false, no_prefetch = false;
+    const char *map_path = NULL;
     const cli_option opts[] = {
         {CLI_STRING, 0, "dtypes", &dtypes_text, "LIST",
          "comma-separated dtypes (default " DEFAULT_DTYPES "; auto = as stored)"},
@@ -436,6 +550,10 @@ int cmd_estimate(int argc, char **argv)
         {CLI_INT, 0, "batch", &batch, "B", "sequences (default 1; needs --context)"},
         {CLI_STRING, 0, "kv-dtype", &kv_text, "D",
          "dtype of the KV cache (default: each row's dtype, float16 for integer rows)"},
+        {CLI_STRING, 0, "device-map", &map_path, "FILE",
+         "per device of this map, what bmplan run needs (needs --context)"},
+        {CLI_INT, 0, "prompt", &prompt, "N", "with --device-map: prompt tokens (default: --context)"},
+        {CLI_FLAG, 0, "no-prefetch", &no_prefetch, NULL, "with --device-map: as bmplan run --no-prefetch"},
         {CLI_STRING, 0, "training", &training, "adam", "add accelerate's Adam training rule"},
         {CLI_FLAG, 0, "like-accelerate", &like_accel, NULL,
          "print accelerate estimate-memory's figures and table"},
@@ -474,6 +592,15 @@ int cmd_estimate(int argc, char **argv)
         return cli_usage_error(CMD,
                                "--like-accelerate prints accelerate's figures only (no "
                                "--context, --kv-dtype or --training)");
+    if (map_path && (!context || batch > 1 || training || like_accel || kv_text))
+        return cli_usage_error(CMD, "--device-map needs --context, and takes no --batch, "
+                               "--kv-dtype, --training or --like-accelerate");
+    if ((prompt || no_prefetch) && !map_path)
+        return cli_usage_error(CMD, "--prompt and --no-prefetch go with --device-map");
+    if (prompt < 0 || (map_path && prompt > context))
+        return cli_usage_error(CMD, "--prompt must be from 1 to --context");
+    if (map_path && dtypes_text && strchr(dtypes_text, ','))
+        return cli_usage_error(CMD, "--device-map takes one --dtypes value (the compute dtype)");
     bm_dtype kv_dtype = BM_DTYPE_INVALID;
     if (kv_text) {
         kv_dtype = bm_dtype_parse(kv_text);
@@ -511,6 +638,12 @@ int cmd_estimate(int argc, char **argv)
         return cli_fail(CMD, &err);
     if (like_accel) {
         rc = like_accelerate(model->tree, shown, labels, n, as_json, out_path);
+        bm_model_close(model);
+        return rc;
+    }
+    if (map_path) {
+        rc = run_needs(model, map_path, prompt ? prompt : context, context,
+                       dtypes_text ? dts[0] : BM_DTYPE_INVALID, !no_prefetch, as_json, out_path);
         bm_model_close(model);
         return rc;
     }

@@ -352,32 +352,49 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
     return BM_OK;
 }
 
+/* The hyper-parameters the runner's allocations depend on. */
+typedef struct run_dims {
+    bool gpt2;
+    int64_t D, L, H, KV, hd, I, V;
+} run_dims;
+
+static bm_status run_dims_get(const bm_tree *tree, run_dims *d, bm_error *err)
+{
+    memset(d, 0, sizeof *d);
+    const char *arch = tree->arch ? tree->arch : "";
+    bm_status s;
+    if (strcmp(arch, "gpt2") == 0) {
+        d->gpt2 = true;
+        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &d->D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_layer", false, 0, &d->L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_head", false, 0, &d->H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_inner", true, 4 * d->D, &d->I, err)) != BM_OK)
+            return s;
+        d->KV = d->H;
+        d->hd = d->H ? d->D / d->H : 0;
+    } else {
+        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &d->D, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &d->L, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &d->H, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->V, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &d->I, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_key_value_heads", true, d->H, &d->KV, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "head_dim", true, d->H ? d->D / d->H : 0, &d->hd, err)) != BM_OK)
+            return s;
+    }
+    return BM_OK;
+}
+
 bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
                              uint64_t *bytes, bm_error *err)
 {
     *bytes = 0;
-    const char *arch = tree->arch ? tree->arch : "";
-    int64_t D, L, H, KV, hd, I, V;
-    bm_status s;
-    if (strcmp(arch, "gpt2") == 0) {
-        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_layer", false, 0, &L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_head", false, 0, &H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_inner", true, 4 * D, &I, err)) != BM_OK)
-            return s;
-        KV = H;
-        hd = H ? D / H : 0;
-    } else {
-        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &I, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_key_value_heads", true, H, &KV, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "head_dim", true, H ? D / H : 0, &hd, err)) != BM_OK)
-            return s;
-    }
+    run_dims rd;
+    bm_status s = run_dims_get(tree, &rd, err);
+    if (s != BM_OK)
+        return s;
+    int64_t D = rd.D, L = rd.L, H = rd.H, KV = rd.KV, hd = rd.hd, I = rd.I, V = rd.V;
     /* float32 activations: KV caches of every layer, and the largest set of
      * live activations of one layer (residual, normed input, q/k/v or the
      * two MLP projections, the output), plus the logits */
@@ -391,5 +408,217 @@ bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_l
     if (!(total < 1e18))
         return bm_fail(err, BM_E_OVERFLOW, "activation memory estimate out of range");
     *bytes = (uint64_t)total;
+    return BM_OK;
+}
+
+static uint64_t runtime_bytes(const bm_tensor *t, bm_dtype dtype)
+{
+    bm_dtype dt = t->dtype;
+    if (bm_dtype_is_floating(dt))
+        dt = dtype != BM_DTYPE_INVALID ? dtype : (dt == BM_F64 ? BM_F32 : dt);
+    return t->numel * (bm_dtype_storage_bits(dt) / 8);
+}
+
+static int need_index(int device) { return device == BM_DEVICE_CPU ? 64 : device; }
+
+/* The device a tensor's module runs on and whether its weights are brought
+ * there per call (dispatch_model: "cpu" and "disk" run on the main device). */
+static int run_device(const bm_device_needs_opts *o, int main_dev, const char *name,
+                      bool *offloaded)
+{
+    *offloaded = false;
+    int e = bm_map_lookup(o->map, o->n_map, name);
+    if (e < 0)
+        return BM_DEVICE_NONE;
+    int d = o->map[e].device;
+    if (d == BM_DEVICE_DISK || (d == BM_DEVICE_CPU && main_dev != BM_DEVICE_CPU)) {
+        *offloaded = true;
+        return main_dev;
+    }
+    return d;
+}
+
+static int cmp_u64_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts *o,
+                                 bm_device_need *out, int *n, bm_error *err)
+{
+    *n = 0;
+    run_dims rd;
+    bm_status s = run_dims_get(tree, &rd, err);
+    if (s != BM_OK)
+        return s;
+    run_dims *d = &rd;
+    if (d->D <= 0 || d->L < 0 || d->L > (1 << 20) || d->V <= 0 || d->I <= 0 || d->KV <= 0 ||
+        d->hd <= 0 || d->D > (1 << 24) || d->I > (1 << 26) || d->V > (1 << 26) ||
+        d->KV * d->hd > (1 << 26) || d->H * d->hd > (1 << 26))
+        return bm_fail(err, BM_E_INVALID, "configuration: dimensions out of range");
+    if (!o->map || o->n_map <= 0)
+        return bm_fail(err, BM_E_INVALID, "no device map");
+    int64_t M = o->prompt_tokens, T = o->max_tokens;
+    if (M <= 0 || T < M || T > (1 << 24))
+        return bm_fail(err, BM_E_INVALID, "%lld prompt tokens and a context of %lld are out of "
+                       "range", (long long)M, (long long)T);
+    /* the main device, as bm_dispatch_model picks it */
+    int main_dev = o->main_device;
+    for (int i = 0; main_dev == BM_DEVICE_NONE && i < o->n_map; i++)
+        if (o->map[i].device >= 0)
+            main_dev = o->map[i].device;
+    if (main_dev == BM_DEVICE_NONE)
+        main_dev = BM_DEVICE_CPU;
+    if (main_dev != BM_DEVICE_CPU && (main_dev < 0 || main_dev >= 64))
+        return bm_fail(err, BM_E_INVALID, "main device %d out of range", main_dev);
+    uint64_t w[65] = {0}, kv[65] = {0}, act[65] = {0}, stage[65] = {0};
+    bool used[65] = {false};
+    used[64] = true;
+    for (int i = 0; i < o->n_map; i++) {
+        int dv = o->map[i].device;
+        if (dv != BM_DEVICE_CPU && (dv < 0 || dv >= 64) && dv != BM_DEVICE_DISK)
+            return bm_fail(err, BM_E_INVALID, "device map entry '%s': device out of range",
+                           o->map[i].name);
+        if (dv >= 0)
+            used[dv] = true;
+    }
+    used[need_index(main_dev)] = true;
+    /* resident weights: one copy per device of tied tensors (bm_rt_load) */
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const bm_tensor *t = &tree->tensors[ti];
+        if (t->is_buffer && !t->persistent)
+            continue;
+        int e = bm_map_lookup(o->map, o->n_map, t->name);
+        if (e < 0)
+            return bm_fail(err, BM_E_INVALID, "the device map does not give any device for "
+                           "'%s'", t->name);
+        int dv = o->map[e].device;
+        if (dv == BM_DEVICE_DISK)
+            continue;
+        bool shared = false;
+        if (t->tie_group != BM_NONE) {
+            const bm_tie *g = &tree->ties[t->tie_group];
+            for (int32_t k = 0; k < g->n && !shared; k++) {
+                int32_t tj = g->tensors[k];
+                int ej = tj < ti ? bm_map_lookup(o->map, o->n_map, tree->tensors[tj].name) : -1;
+                shared = ej >= 0 && o->map[ej].device == dv;
+            }
+        }
+        if (!shared)
+            w[need_index(dv)] += runtime_bytes(t, o->dtype);
+    }
+    /* KV caches (bm_rt_kv): float32, [T, kv width] for K and for V, on the
+     * device the layer's attention runs on; activations of a layer's
+     * forward (arch_llama.c / arch_gpt2.c): the residual h, the normed
+     * input, and the widest set of projections alive at once */
+    int64_t qd = d->H * d->hd, kd = d->KV * d->hd, D = d->D, I = d->I;
+    int64_t width;
+    if (d->gpt2) {
+        width = 6 * D;                /* h, x, qkv, attention output */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, c_fc, c_proj */
+    } else {
+        width = 2 * D + qd + 2 * kd;  /* h, x, q, k, v */
+        if (2 * D + 2 * qd > width)
+            width = 2 * D + 2 * qd;   /* h, x, q, attention output */
+        if (3 * D + qd > width)
+            width = 3 * D + qd;       /* h, x, attention output, o_proj */
+        if (3 * D + 2 * I > width)
+            width = 3 * D + 2 * I;    /* h, residual, x2, gate, up */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, gate, down */
+    }
+    uint64_t layer_act = 4 * (uint64_t)M * (uint64_t)width;
+    const char *layer_fmt = d->gpt2 ? "h.%lld." : "layers.%lld.";
+    for (int64_t l = 0; l < d->L; l++) {
+        char want[48];
+        snprintf(want, sizeof want, layer_fmt, (long long)l);
+        const char *name = NULL;
+        for (int32_t ti = 0; ti < tree->n_tensors && !name; ti++) {
+            const char *p = strstr(tree->tensors[ti].name, want);
+            if (p && (p == tree->tensors[ti].name || p[-1] == '.'))
+                name = tree->tensors[ti].name;
+        }
+        if (!name)
+            return bm_fail(err, BM_E_INVALID, "layer %lld has no tensors", (long long)l);
+        bool off;
+        int dv = run_device(o, main_dev, name, &off);
+        if (dv == BM_DEVICE_NONE)
+            return bm_fail(err, BM_E_INVALID, "the device map does not give any device for "
+                           "'%s'", name);
+        kv[need_index(dv)] += 2 * (uint64_t)T * (uint64_t)kd * 4;
+        if (act[need_index(dv)] < layer_act)
+            act[need_index(dv)] = layer_act;
+    }
+    /* the embedding's device holds the token ids for the whole forward; the
+     * head's device the final norm's input and output, then the logits */
+    uint64_t rows_out = o->all_logits ? (uint64_t)M : 1;
+    uint64_t head_act = 8 * (uint64_t)M * (uint64_t)D;
+    if (4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->V) > head_act)
+        head_act = 4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->V);
+    const char *embed = d->gpt2 ? "wte.weight" : "embed_tokens.weight";
+    const char *head = d->gpt2 ? "lm_head.weight" : "lm_head.weight";
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const char *nm = tree->tensors[ti].name;
+        size_t ln = strlen(nm);
+        bool is_embed = ln >= strlen(embed) && strcmp(nm + ln - strlen(embed), embed) == 0;
+        bool is_head = strcmp(nm, head) == 0;
+        if (!is_embed && !is_head)
+            continue;
+        bool off;
+        int dv = run_device(o, main_dev, nm, &off);
+        if (dv == BM_DEVICE_NONE)
+            continue;
+        if (is_embed)
+            act[need_index(dv)] += 4 * (uint64_t)M;
+        if (is_head && act[need_index(dv)] < head_act)
+            act[need_index(dv)] = head_act;
+    }
+    /* the prompt's ids in host memory (gpt2's host position ids come after
+     * they have gone) */
+    act[64] += 4 * (uint64_t)M;
+    /* offloaded weights come to the main device one module (that owns
+     * tensors) at a call; prefetch stages up to `lookahead` more ahead */
+    uint64_t *leaf = calloc((size_t)tree->n_modules + 1, sizeof *leaf);
+    if (!leaf)
+        return bm_fail(err, BM_E_NOMEM, "out of memory");
+    int32_t n_leaf = 0;
+    for (int32_t m = 0; m < tree->n_modules; m++) {
+        const bm_module *mod = &tree->modules[m];
+        uint64_t bytes = 0;
+        for (int32_t k = 0; k < mod->n_params + mod->n_buffers; k++) {
+            const bm_tensor *t = &tree->tensors[mod->tensor_begin + k];
+            if (t->is_buffer && !t->persistent)
+                continue;
+            bool off;
+            run_device(o, main_dev, t->name, &off);
+            if (off)
+                bytes += runtime_bytes(t, o->dtype);
+        }
+        if (bytes)
+            leaf[n_leaf++] = bytes;
+    }
+    qsort(leaf, (size_t)n_leaf, sizeof *leaf, cmp_u64_desc);
+    uint64_t staged = n_leaf ? leaf[0] : 0;
+    if (o->prefetch && n_leaf > 1) {
+        uint64_t limit = o->staging_bytes ? o->staging_bytes : 1ull << 30, ahead = 0;
+        for (int32_t k = 1; k < n_leaf && k <= 4; k++)
+            ahead += leaf[k];
+        staged += ahead < limit ? ahead : limit;
+    }
+    free(leaf);
+    stage[need_index(main_dev)] = staged;
+    for (int i = 0; i < 65; i++) {
+        if (!used[i])
+            continue;
+        bm_device_need *nd = &out[(*n)++];
+        nd->device = i == 64 ? BM_DEVICE_CPU : i;
+        nd->weights = w[i];
+        nd->kv = kv[i];
+        nd->activations = act[i];
+        nd->staging = stage[i];
+        nd->peak = w[i] + kv[i] + act[i] + stage[i];
+    }
     return BM_OK;
 }

@@ -76,6 +76,35 @@ void bm_run_result_free(bm_run_result *res);
 bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
                              uint64_t *bytes, bm_error *err);
 
+/* What one device needs for `bmplan run` by the runner's allocation rules
+ * (lib/runtime.c, lib/hooks.c, lib/arch_*.c), per device of a device map.
+ * weights and kv are exact; activations and staging are the peak of the
+ * live set the forward functions allocate, taken as an upper bound. */
+typedef struct bm_device_need {
+    int device;            /* GPU id or BM_DEVICE_CPU */
+    uint64_t weights;      /* tensors the map keeps resident here */
+    uint64_t kv;           /* float32 KV caches of the layers running here */
+    uint64_t activations;  /* largest set of live float32 activations */
+    uint64_t staging;      /* offloaded weights brought here for a call */
+    uint64_t peak;         /* the sum: the peak --report should measure */
+} bm_device_need;
+
+typedef struct bm_device_needs_opts {
+    const bm_map_entry *map;
+    int n_map;
+    int main_device;       /* BM_DEVICE_NONE: the map's first GPU, else cpu */
+    bm_dtype dtype;        /* BM_DTYPE_INVALID: the checkpoint's */
+    int64_t prompt_tokens; /* rows of the prompt's forward */
+    int64_t max_tokens;    /* prompt + generated: the KV cache length */
+    bool all_logits;
+    bool prefetch;         /* staging holds the next modules' weights too */
+    uint64_t staging_bytes;/* prefetch limit (0: the runtime's 1 GiB) */
+} bm_device_needs_opts;
+
+/* Fill out[0..*n) (at most 65 devices: GPUs in id order, then cpu). */
+bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts *o,
+                                 bm_device_need *out, int *n, bm_error *err);
+
 /* The --report JSON: per-device capacity, peak and traffic, bytes read
  * from disk and copied from host memory, phase times, prefetch counts. */
 bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **json,
