@@ -352,37 +352,91 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
     return BM_OK;
 }
 
-/* The hyper-parameters the runner's allocations depend on. */
-typedef struct run_dims {
-    bool gpt2;
-    int64_t D, L, H, KV, hd, I, V;
-} run_dims;
-
-static bm_status run_dims_get(const bm_tree *tree, run_dims *d, bm_error *err)
+bm_status bm_run_dims_for_tree(const bm_tree *tree, bm_run_dims *d, bm_error *err)
 {
     memset(d, 0, sizeof *d);
     const char *arch = tree->arch ? tree->arch : "";
     bm_status s;
     if (strcmp(arch, "gpt2") == 0) {
         d->gpt2 = true;
-        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &d->D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_layer", false, 0, &d->L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_head", false, 0, &d->H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_inner", true, 4 * d->D, &d->I, err)) != BM_OK)
+        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &d->hidden, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_layer", false, 0, &d->layers, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_head", false, 0, &d->heads, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->vocab, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_inner", true, 4 * d->hidden, &d->intermediate, err)) !=
+                BM_OK)
             return s;
-        d->KV = d->H;
-        d->hd = d->H ? d->D / d->H : 0;
+        d->kv_heads = d->heads;
+        d->head_dim = d->heads ? d->hidden / d->heads : 0;
     } else {
-        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &d->D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &d->L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &d->H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &d->I, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_key_value_heads", true, d->H, &d->KV, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "head_dim", true, d->H ? d->D / d->H : 0, &d->hd, err)) != BM_OK)
+        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &d->hidden, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &d->layers, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &d->heads, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->vocab, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &d->intermediate, err)) !=
+                BM_OK ||
+            (s = arch_cfg_int(tree, "num_key_value_heads", true, d->heads, &d->kv_heads, err)) !=
+                BM_OK ||
+            (s = arch_cfg_int(tree, "head_dim", true, d->heads ? d->hidden / d->heads : 0,
+                              &d->head_dim, err)) != BM_OK)
             return s;
     }
+    return BM_OK;
+}
+
+bm_status bm_run_rules_compute(const bm_run_dims *d, int64_t prompt_tokens, int64_t max_tokens,
+                               bool all_logits, bm_run_rules *out, bm_error *err)
+{
+    memset(out, 0, sizeof *out);
+    /* these bounds keep every product below 2^63 */
+    if (d->hidden <= 0 || d->layers < 0 || d->layers > (1 << 20) || d->vocab <= 0 ||
+        d->intermediate <= 0 || d->heads <= 0 || d->kv_heads <= 0 || d->head_dim <= 0 ||
+        d->hidden > (1 << 24) || d->intermediate > (1 << 26) || d->vocab > (1 << 26) ||
+        d->heads > (1 << 20) || d->kv_heads > (1 << 20) || d->head_dim > (1 << 20) ||
+        d->kv_heads * d->head_dim > (1 << 26) || d->heads * d->head_dim > (1 << 26))
+        return bm_fail(err, BM_E_INVALID, "configuration: dimensions out of range");
+    int64_t M = prompt_tokens, T = max_tokens;
+    if (M <= 0 || T < M || T > (1ll << 32))
+        return bm_fail(err, BM_E_INVALID, "%lld prompt tokens and a context of %lld are out of "
+                       "range", (long long)M, (long long)T);
+    /* KV caches (bm_rt_kv): float32, [T, kv width] for K and for V;
+     * activations of a layer's forward (arch_llama.c / arch_gpt2.c): the
+     * residual h, the normed input, and the widest set of projections
+     * alive at once */
+    int64_t qd = d->heads * d->head_dim, kd = d->kv_heads * d->head_dim;
+    int64_t D = d->hidden, I = d->intermediate;
+    int64_t width;
+    if (d->gpt2) {
+        width = 6 * D;                /* h, x, qkv, attention output */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, c_fc, c_proj */
+    } else {
+        width = 2 * D + qd + 2 * kd;  /* h, x, q, k, v */
+        if (2 * D + 2 * qd > width)
+            width = 2 * D + 2 * qd;   /* h, x, q, attention output */
+        if (3 * D + qd > width)
+            width = 3 * D + qd;       /* h, x, attention output, o_proj */
+        if (3 * D + 2 * I > width)
+            width = 3 * D + 2 * I;    /* h, residual, x2, gate, up */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, gate, down */
+    }
+    out->layer_kv = 2 * (uint64_t)T * (uint64_t)kd * 4;
+    out->layer_act = 4 * (uint64_t)M * (uint64_t)width;
+    /* token ids stay on the embedding's device for the whole forward; the
+     * head's device holds the final norm's input and output, then the
+     * logits */
+    uint64_t rows_out = all_logits ? (uint64_t)M : 1;
+    out->embed_act = 4 * (uint64_t)M;
+    out->head_act = 8 * (uint64_t)M * (uint64_t)D;
+    if (4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->vocab) > out->head_act)
+        out->head_act = 4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->vocab);
+    /* gpt2's host position ids come after the prompt's ids have gone */
+    out->host_ids = 4 * (uint64_t)M;
+    /* the embedding comes before the layers and the head after them */
+    out->device_act = out->layer_act + out->embed_act;
+    if (out->head_act > out->device_act)
+        out->device_act = out->head_act;
     return BM_OK;
 }
 
@@ -390,24 +444,17 @@ bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_l
                              uint64_t *bytes, bm_error *err)
 {
     *bytes = 0;
-    run_dims rd;
-    bm_status s = run_dims_get(tree, &rd, err);
+    bm_run_dims rd;
+    bm_run_rules r;
+    bm_status s = bm_run_dims_for_tree(tree, &rd, err);
+    if (s == BM_OK)
+        s = bm_run_rules_compute(&rd, max_tokens, max_tokens, all_logits, &r, err);
     if (s != BM_OK)
         return s;
-    int64_t D = rd.D, L = rd.L, H = rd.H, KV = rd.KV, hd = rd.hd, I = rd.I, V = rd.V;
-    /* float32 activations: KV caches of every layer, and the largest set of
-     * live activations of one layer (residual, normed input, q/k/v or the
-     * two MLP projections, the output), plus the logits */
-    double T = (double)max_tokens;
-    double kv = (double)L * 2 * T * (double)(KV * hd) * 4;
-    double width = (double)(3 * D + 3 * H * hd);
-    if ((double)(2 * D + 2 * I) > width)
-        width = (double)(2 * D + 2 * I);
-    double act = 4 * T * (width + 2 * (double)D) + 4 * (double)V * (all_logits ? T : 1);
-    double total = kv + act;
-    if (!(total < 1e18))
+    uint64_t kv;
+    if (__builtin_mul_overflow(r.layer_kv, (uint64_t)rd.layers, &kv) ||
+        __builtin_add_overflow(kv, r.device_act, bytes))
         return bm_fail(err, BM_E_OVERFLOW, "activation memory estimate out of range");
-    *bytes = (uint64_t)total;
     return BM_OK;
 }
 
@@ -448,21 +495,19 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
                                  bm_device_need *out, int *n, bm_error *err)
 {
     *n = 0;
-    run_dims rd;
-    bm_status s = run_dims_get(tree, &rd, err);
+    bm_run_dims rd;
+    bm_status s = bm_run_dims_for_tree(tree, &rd, err);
     if (s != BM_OK)
         return s;
-    run_dims *d = &rd;
-    if (d->D <= 0 || d->L < 0 || d->L > (1 << 20) || d->V <= 0 || d->I <= 0 || d->KV <= 0 ||
-        d->hd <= 0 || d->D > (1 << 24) || d->I > (1 << 26) || d->V > (1 << 26) ||
-        d->KV * d->hd > (1 << 26) || d->H * d->hd > (1 << 26))
-        return bm_fail(err, BM_E_INVALID, "configuration: dimensions out of range");
     if (!o->map || o->n_map <= 0)
         return bm_fail(err, BM_E_INVALID, "no device map");
-    int64_t M = o->prompt_tokens, T = o->max_tokens;
-    if (M <= 0 || T < M || T > (1 << 24))
+    if (o->max_tokens > (1 << 24))
         return bm_fail(err, BM_E_INVALID, "%lld prompt tokens and a context of %lld are out of "
-                       "range", (long long)M, (long long)T);
+                       "range", (long long)o->prompt_tokens, (long long)o->max_tokens);
+    bm_run_rules rr;
+    if ((s = bm_run_rules_compute(&rd, o->prompt_tokens, o->max_tokens, o->all_logits, &rr,
+                                  err)) != BM_OK)
+        return s;
     /* the main device, as bm_dispatch_model picks it */
     int main_dev = o->main_device;
     for (int i = 0; main_dev == BM_DEVICE_NONE && i < o->n_map; i++)
@@ -508,30 +553,9 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
         if (!shared)
             w[need_index(dv)] += runtime_bytes(t, o->dtype);
     }
-    /* KV caches (bm_rt_kv): float32, [T, kv width] for K and for V, on the
-     * device the layer's attention runs on; activations of a layer's
-     * forward (arch_llama.c / arch_gpt2.c): the residual h, the normed
-     * input, and the widest set of projections alive at once */
-    int64_t qd = d->H * d->hd, kd = d->KV * d->hd, D = d->D, I = d->I;
-    int64_t width;
-    if (d->gpt2) {
-        width = 6 * D;                /* h, x, qkv, attention output */
-        if (4 * D + I > width)
-            width = 4 * D + I;        /* h, residual, x2, c_fc, c_proj */
-    } else {
-        width = 2 * D + qd + 2 * kd;  /* h, x, q, k, v */
-        if (2 * D + 2 * qd > width)
-            width = 2 * D + 2 * qd;   /* h, x, q, attention output */
-        if (3 * D + qd > width)
-            width = 3 * D + qd;       /* h, x, attention output, o_proj */
-        if (3 * D + 2 * I > width)
-            width = 3 * D + 2 * I;    /* h, residual, x2, gate, up */
-        if (4 * D + I > width)
-            width = 4 * D + I;        /* h, residual, x2, gate, down */
-    }
-    uint64_t layer_act = 4 * (uint64_t)M * (uint64_t)width;
-    const char *layer_fmt = d->gpt2 ? "h.%lld." : "layers.%lld.";
-    for (int64_t l = 0; l < d->L; l++) {
+    /* KV caches on the device the layer's attention runs on */
+    const char *layer_fmt = rd.gpt2 ? "h.%lld." : "layers.%lld.";
+    for (int64_t l = 0; l < rd.layers; l++) {
         char want[48];
         snprintf(want, sizeof want, layer_fmt, (long long)l);
         const char *name = NULL;
@@ -547,18 +571,12 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
         if (dv == BM_DEVICE_NONE)
             return bm_fail(err, BM_E_INVALID, "the device map does not give any device for "
                            "'%s'", name);
-        kv[need_index(dv)] += 2 * (uint64_t)T * (uint64_t)kd * 4;
-        if (act[need_index(dv)] < layer_act)
-            act[need_index(dv)] = layer_act;
+        kv[need_index(dv)] += rr.layer_kv;
+        if (act[need_index(dv)] < rr.layer_act)
+            act[need_index(dv)] = rr.layer_act;
     }
-    /* the embedding's device holds the token ids for the whole forward; the
-     * head's device the final norm's input and output, then the logits */
-    uint64_t rows_out = o->all_logits ? (uint64_t)M : 1;
-    uint64_t head_act = 8 * (uint64_t)M * (uint64_t)D;
-    if (4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->V) > head_act)
-        head_act = 4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->V);
-    const char *embed = d->gpt2 ? "wte.weight" : "embed_tokens.weight";
-    const char *head = d->gpt2 ? "lm_head.weight" : "lm_head.weight";
+    const char *embed = rd.gpt2 ? "wte.weight" : "embed_tokens.weight";
+    const char *head = "lm_head.weight";
     for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
         const char *nm = tree->tensors[ti].name;
         size_t ln = strlen(nm);
@@ -571,13 +589,11 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
         if (dv == BM_DEVICE_NONE)
             continue;
         if (is_embed)
-            act[need_index(dv)] += 4 * (uint64_t)M;
-        if (is_head && act[need_index(dv)] < head_act)
-            act[need_index(dv)] = head_act;
+            act[need_index(dv)] += rr.embed_act;
+        if (is_head && act[need_index(dv)] < rr.head_act)
+            act[need_index(dv)] = rr.head_act;
     }
-    /* the prompt's ids in host memory (gpt2's host position ids come after
-     * they have gone) */
-    act[64] += 4 * (uint64_t)M;
+    act[64] += rr.host_ids;
     /* offloaded weights come to the main device one module (that owns
      * tensors) at a call; prefetch stages up to `lookahead` more ahead */
     uint64_t *leaf = calloc((size_t)tree->n_modules + 1, sizeof *leaf);
