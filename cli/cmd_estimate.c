@@ -24,8 +24,9 @@ static const char *const usage[] = {
 static const char *const description =
     "Memory a model needs, per dtype: the weights (exactly what `bmplan plan`\n"
     "places), accelerate's largest layer, the parameter count (tied weights\n"
-    "once); with --context, the KV cache (exact) and the runtime workspace\n"
-    "(an estimate); with --training adam, accelerate's Adam rule (an\n"
+    "once); with --context, the KV cache (exact; float32 as bmplan run keeps\n"
+    "it, or --kv-dtype) and the workspace of bmplan run by its allocation\n"
+    "rules (an estimate); with --training adam, accelerate's Adam rule (an\n"
     "estimate). Estimates are marked with '*' in the table and\n"
     "\"estimate\": true in JSON. --like-accelerate prints the figures and\n"
     "table of `accelerate estimate-memory` for the same tree.";
@@ -40,6 +41,7 @@ typedef struct row {
     bm_weights w;
     bool has_kv;
     bm_dtype kv_dtype;
+    bool kv_is_run;     /* float32, as bmplan run keeps it (no --kv-dtype) */
     bm_kv_size kv;
     bm_workspace ws;
     bm_adam adam;
@@ -54,17 +56,6 @@ static uint64_t bits_to_bytes(uint64_t bits)
 static char *fmt(uint64_t bytes, char *buf)
 {
     return bm_size_format(bytes, buf, 32);
-}
-
-/* The dtype activations are computed in: the weights' when floating, the
- * stored parameters' for "auto", float16 for quantised weights. */
-static bm_dtype act_dtype(const bm_tree *tree, bm_dtype weights)
-{
-    if (weights == BM_DTYPE_INVALID)
-        for (int32_t i = 0; i < tree->n_tensors; i++)
-            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype))
-                return tree->tensors[i].dtype;
-    return weights != BM_DTYPE_INVALID && bm_dtype_is_floating(weights) ? weights : BM_F16;
 }
 
 static int parse_dtypes(const char *text, bool like_accel, const char **labels, bm_dtype *dts,
@@ -307,8 +298,9 @@ static char *people_table(const bm_model *model, const char *shown, const bm_mod
         put(&b, &len, &cap, "largest layer: accelerate's rule, no no-split classes\n");
     }
     if (context > 0)
-        put(&b, &len, &cap, "KV cache: %ld tokens x %ld sequence%s; %s\n", context, batch,
-            batch == 1 ? "" : "s", dims->cache_note);
+        put(&b, &len, &cap, "KV cache: %ld tokens x %ld sequence%s in %s%s; %s\n", context, batch,
+            batch == 1 ? "" : "s", bm_dtype_name(rows[0].kv_dtype),
+            rows[0].kv_is_run ? " (as bmplan run keeps it)" : "", dims->cache_note);
     /* the largest-layer column: size, name, "(+N)" when N more tie */
     char(*largest)[160] = calloc((size_t)n, sizeof *largest);
     if (!largest) {
@@ -359,9 +351,9 @@ static char *people_table(const bm_model *model, const char *shown, const bm_mod
         put(&b, &len, &cap, "\n* estimate.");
         if (context > 0)
             put(&b, &len, &cap,
-                " workspace: activations of one forward pass over the whole context\n"
-                "  (residual stream, q/k/v, float32 attention scores, MLP, float32 logits);\n"
-                "  weights and KV cache are exact.");
+                " workspace: bmplan run's float32 activations (its allocation rules) for a\n"
+                "  prompt as long as the context on one device: the largest live set of a\n"
+                "  layer plus the token ids, or the head's; weights and KV cache are exact.");
         if (training)
             put(&b, &len, &cap,
                 "%s Adam: accelerate's rule from the float32 size (float32: weights, gradients,\n"
@@ -388,6 +380,7 @@ static json_t *row_json(const row *r, long context, bool training)
     if (context > 0) {
         json_t *kv = json_object();
         json_object_set_new(kv, "dtype", json_string(bm_dtype_name(r->kv_dtype)));
+        json_object_set_new(kv, "rule", json_string(r->kv_is_run ? "bmplan run" : "pytorch"));
         json_object_set_new(kv, "bytes_per_token", jint(r->kv.token_bytes));
         json_object_set_new(kv, "self_attention_bytes", jint(r->kv.self_bytes));
         json_object_set_new(kv, "cross_attention_bytes", jint(r->kv.cross_bytes));
@@ -396,11 +389,10 @@ static json_t *row_json(const row *r, long context, bool training)
         json_object_set_new(o, "kv_cache", kv);
         json_t *ws = json_object();
         json_object_set_new(ws, "bytes", jint(r->ws.total_bytes));
-        json_object_set_new(ws, "hidden_bytes", jint(r->ws.hidden_bytes));
-        json_object_set_new(ws, "attention_bytes", jint(r->ws.attention_bytes));
-        json_object_set_new(ws, "scores_bytes", jint(r->ws.scores_bytes));
-        json_object_set_new(ws, "mlp_bytes", jint(r->ws.mlp_bytes));
-        json_object_set_new(ws, "logits_bytes", jint(r->ws.logits_bytes));
+        json_object_set_new(ws, "layer_bytes", jint(r->ws.layer_bytes));
+        json_object_set_new(ws, "ids_bytes", jint(r->ws.ids_bytes));
+        json_object_set_new(ws, "head_bytes", jint(r->ws.head_bytes));
+        json_object_set_new(ws, "rule", json_string("bmplan run"));
         json_object_set_new(ws, "estimate", json_boolean(r->ws.estimate));
         json_object_set_new(o, "workspace", ws);
         json_object_set_new(o, "total_bytes", jint(r->total));
@@ -549,7 +541,7 @@ int cmd_estimate(int argc, char **argv)
         {CLI_INT, 0, "context", &context, "L", "tokens of context for the KV cache and workspace"},
         {CLI_INT, 0, "batch", &batch, "B", "sequences (default 1; needs --context)"},
         {CLI_STRING, 0, "kv-dtype", &kv_text, "D",
-         "dtype of the KV cache (default: each row's dtype, float16 for integer rows)"},
+         "dtype of the KV cache (default float32, as bmplan run keeps it)"},
         {CLI_STRING, 0, "device-map", &map_path, "FILE",
          "per device of this map, what bmplan run needs (needs --context)"},
         {CLI_INT, 0, "prompt", &prompt, "N", "with --device-map: prompt tokens (default: --context)"},
@@ -671,12 +663,13 @@ int cmd_estimate(int argc, char **argv)
             goto fail;
         r->total = bits_to_bytes(r->w.total_bits);
         if (context) {
-            r->kv_dtype =
-                kv_dtype != BM_DTYPE_INVALID ? kv_dtype : act_dtype(model->tree, dts[i]);
+            /* bmplan run keeps its caches in float32; --kv-dtype asks what
+             * a cache of that dtype (PyTorch's) would take */
+            r->kv_is_run = kv_dtype == BM_DTYPE_INVALID;
+            r->kv_dtype = r->kv_is_run ? BM_F32 : kv_dtype;
             if (bm_kv_size_compute(&dims, r->kv_dtype, (uint64_t)context, (uint64_t)batch, &r->kv,
                                    &err) ||
-                bm_workspace_compute(&dims, act_dtype(model->tree, dts[i]), (uint64_t)context,
-                                     (uint64_t)batch, 0, &r->ws, &err))
+                bm_workspace_compute(&dims, (uint64_t)context, (uint64_t)batch, 0, &r->ws, &err))
                 goto fail;
             if (__builtin_add_overflow(r->total, r->kv.total_bytes, &r->total) ||
                 __builtin_add_overflow(r->total, r->ws.total_bytes, &r->total)) {

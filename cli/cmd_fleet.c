@@ -25,8 +25,9 @@ static const char *const description =
     "With --gpu TYPE: the fewest GPUs of that type that hold MODEL resident\n"
     "at the context and batch, found by the planner itself (the map `bmplan\n"
     "plan` produces with the budgets shown). Each GPU keeps a reserve (CUDA\n"
-    "context, library handles), the runtime workspace (an estimate) and the KV\n"
-    "cache of the layers it runs; the rest is its weight budget.\n"
+    "context, library handles), bmplan run's workspace by its allocation rules\n"
+    "(an estimate) and the KV cache of the layers it runs (float32 as bmplan\n"
+    "run keeps it, or --kv-dtype); the rest is its weight budget.\n"
     "With --gpu TYPE:COUNT: whether the model fits, the longest context and\n"
     "the largest batch that fit, and when it does not fit, what is offloaded\n"
     "and how much must stream per token. TYPE is a GPU of the built-in table\n"
@@ -137,7 +138,7 @@ int cmd_fleet(int argc, char **argv)
         {CLI_INT, 0, "batch", &batch, "B", "sequences (default 1)"},
         {CLI_STRING, 0, "dtype", &dtype_text, "D", "dtype of the weights (default: as stored)"},
         {CLI_STRING, 0, "kv-dtype", &kv_text, "D",
-         "dtype of the KV cache (default: the compute dtype)"},
+         "dtype of the KV cache (default float32, as bmplan run keeps it)"},
         {CLI_STRING, 0, "reserve", &reserve_text, "SIZE",
          "kept back on each GPU for the CUDA context (default 1GiB)"},
         {CLI_INT, 0, "max-gpus", &max_gpus, "N", "search no further than N GPUs (default 4096)"},
@@ -265,6 +266,9 @@ int cmd_fleet(int argc, char **argv)
         json_object_set_new(o, "weights_bytes", jint(fit.weights_bytes));
         json_object_set_new(o, "kv_cache_bytes", jint(fit.kv.total_bytes));
         json_object_set_new(o, "kv_rule", json_string(dims.cache_note));
+        json_object_set_new(o, "kv_dtype", json_string(fo.kv_dtype == BM_DTYPE_INVALID
+                                                           ? "float32"
+                                                           : bm_dtype_name(fo.kv_dtype)));
         json_object_set_new(o, "workspace_bytes", jint(fit.ws.total_bytes));
         json_object_set_new(o, "workspace_is_estimate", json_boolean(fit.ws.estimate));
         json_object_set_new(o, "mode", json_string(fixed ? "fixed" : "minimum"));
@@ -300,8 +304,9 @@ int cmd_fleet(int argc, char **argv)
         out(&b, "%s on %s (%s each), %s weights, context %llu, batch %llu\n", shown, gpu.label,
             fmt(gpu.bytes, s[0]), dt_name, (unsigned long long)fo.context,
             (unsigned long long)fo.batch);
-        out(&b, "  weights %s, KV cache %s, workspace %s per GPU*, reserve %s per GPU\n",
+        out(&b, "  weights %s, KV cache %s (%s), workspace %s per GPU*, reserve %s per GPU\n",
             fmt(fit.weights_bytes, s[1]), fmt(fit.kv.total_bytes, s[2]),
+            fo.kv_dtype == BM_DTYPE_INVALID ? "float32, as bmplan run" : bm_dtype_name(fo.kv_dtype),
             fmt(fit.ws.total_bytes, s[3]), fmt(fo.reserve_bytes, s[4]));
         if (!fixed)
             out(&b, "\nminimum: %lld GPU%s hold it resident\n\n", (long long)fit.gpus,
@@ -339,8 +344,9 @@ int cmd_fleet(int argc, char **argv)
         out(&b, "\n  the same map: bmplan plan %s%s%s --max-memory %s\n", shown,
             fo.dtype != BM_DTYPE_INVALID ? " --dtype " : "",
             fo.dtype != BM_DTYPE_INVALID ? dt_name : "", fit.max_memory);
-        out(&b, "* estimate: workspace (activations of one forward pass over the context);\n"
-                "  weights, KV cache and the map are exact.\n");
+        out(&b, "* estimate: workspace (bmplan run's float32 activations by its allocation\n"
+                "  rules, a prompt as long as the context); weights, KV cache and the map are\n"
+                "  exact.\n");
         if (b.failed)
             free(b.p);
         text = b.failed ? NULL : b.p;

@@ -792,46 +792,58 @@ bm_status bm_kv_layer_modules(const bm_tree *tree, const bm_model_dims *d, int32
  * Workspace
  * ------------------------------------------------------------------------ */
 
-static bool prod(uint64_t *out, int n, const uint64_t *f)
+/* bm_model_dims as the runner's rules take them */
+static bm_run_dims run_dims_of(const bm_model_dims *d)
 {
-    uint64_t acc = 1;
-    for (int i = 0; i < n; i++)
-        if (__builtin_mul_overflow(acc, f[i], &acc))
-            return false;
-    *out = acc;
-    return true;
+    bm_run_dims r = {.gpt2 = strcmp(d->arch, "gpt2") == 0, .hidden = d->hidden,
+                     .layers = d->layers, .heads = d->heads, .kv_heads = d->kv_heads,
+                     .head_dim = d->head_dim, .intermediate = d->intermediate,
+                     .vocab = d->vocab};
+    return r;
 }
 
-bm_status bm_workspace_compute(const bm_model_dims *d, bm_dtype act_dtype, uint64_t context,
-                               uint64_t batch, uint64_t staging_bytes, bm_workspace *out,
-                               bm_error *err)
+static bm_status run_rules_of(const bm_model_dims *d, uint64_t context, bm_run_rules *r,
+                              bm_error *err)
+{
+    if (context == 0 || context > ((uint64_t)1 << 32))
+        return bm_fail(err, BM_E_INVALID, "a context of %llu tokens is out of range",
+                       (unsigned long long)context);
+    bm_run_dims rd = run_dims_of(d);
+    return bm_run_rules_compute(&rd, (int64_t)context, (int64_t)context, false, r, err);
+}
+
+bm_status bm_workspace_compute(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                               uint64_t staging_bytes, bm_workspace *out, bm_error *err)
 {
     memset(out, 0, sizeof *out);
     out->estimate = true;
-    uint64_t ab = bm_dtype_storage_bits(act_dtype) / 8;
-    if (!bm_dtype_is_floating(act_dtype) || ab == 0)
-        return bm_fail(err, BM_E_INVALID, "activations cannot be computed in %s",
-                       bm_dtype_name(act_dtype) ? bm_dtype_name(act_dtype) : "that dtype");
-    uint64_t tokens;
-    uint64_t qkv = (uint64_t)d->heads * (uint64_t)d->head_dim +
-                   2 * (uint64_t)d->kv_heads * (uint64_t)d->head_dim;
-    bool ok = prod(&tokens, 2, (uint64_t[]){context, batch}) &&
-              prod(&out->hidden_bytes, 4, (uint64_t[]){tokens, (uint64_t)d->hidden, 2, ab}) &&
-              prod(&out->attention_bytes, 3, (uint64_t[]){tokens, qkv, ab}) &&
-              prod(&out->scores_bytes, 5,
-                   (uint64_t[]){batch, (uint64_t)d->heads, context, context, 4}) &&
-              prod(&out->mlp_bytes, 4, (uint64_t[]){tokens, (uint64_t)d->intermediate, 2, ab}) &&
-              prod(&out->logits_bytes, 3, (uint64_t[]){tokens, (uint64_t)d->vocab, 4});
-    out->staging_bytes = staging_bytes;
-    uint64_t attn = 0, total = 0;
-    ok = ok && !__builtin_add_overflow(out->attention_bytes, out->scores_bytes, &attn);
-    uint64_t peak = attn > out->mlp_bytes ? attn : out->mlp_bytes;
-    ok = ok && !__builtin_add_overflow(out->hidden_bytes, peak, &total) &&
-         !__builtin_add_overflow(total, out->logits_bytes, &total) &&
-         !__builtin_add_overflow(total, staging_bytes, &total);
+    bm_run_rules r;
+    bm_status st = run_rules_of(d, context, &r, err);
+    if (st)
+        return st;
+    uint64_t total;
+    bool ok = !__builtin_mul_overflow(r.layer_act, batch, &out->layer_bytes) &&
+              !__builtin_mul_overflow(r.embed_act, batch, &out->ids_bytes) &&
+              !__builtin_mul_overflow(r.head_act, batch, &out->head_bytes) &&
+              !__builtin_mul_overflow(r.device_act, batch, &total) &&
+              !__builtin_add_overflow(total, staging_bytes, &total);
     if (!ok)
         return bm_fail(err, BM_E_OVERFLOW, "the workspace size overflows 64 bits");
+    out->staging_bytes = staging_bytes;
     out->total_bytes = total;
+    return BM_OK;
+}
+
+bm_status bm_run_layer_kv(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                          uint64_t *bytes, bm_error *err)
+{
+    *bytes = 0;
+    bm_run_rules r;
+    bm_status st = run_rules_of(d, context, &r, err);
+    if (st)
+        return st;
+    if (__builtin_mul_overflow(r.layer_kv, batch, bytes))
+        return bm_fail(err, BM_E_OVERFLOW, "the KV cache size overflows 64 bits");
     return BM_OK;
 }
 
@@ -983,7 +995,7 @@ typedef struct fleet_ctx {
     int32_t n_kv;
     bool kv_everywhere;   /* the tree's layers do not match the config:
                            * every GPU is charged the whole cache */
-    bm_dtype act, kv_dtype;
+    bm_dtype kv_dtype;
     uint64_t weights_bits;
     uint64_t largest_bytes; /* staging for a streamed layer */
     /* for the current context and batch */
@@ -1021,16 +1033,8 @@ static bm_status fleet_ctx_init(fleet_ctx *c, const bm_tree *tree, const bm_flee
     if (st)
         return st;
     c->has_dims = true;
-    c->act = o->dtype != BM_DTYPE_INVALID && bm_dtype_is_floating(o->dtype) ? o->dtype : BM_F16;
-    if (o->dtype == BM_DTYPE_INVALID) {
-        /* as stored: compute in the dtype of the first floating parameter */
-        for (int32_t i = 0; i < tree->n_tensors; i++)
-            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype)) {
-                c->act = tree->tensors[i].dtype;
-                break;
-            }
-    }
-    c->kv_dtype = o->kv_dtype != BM_DTYPE_INVALID ? o->kv_dtype : c->act;
+    /* bmplan run keeps its caches in float32 */
+    c->kv_dtype = o->kv_dtype != BM_DTYPE_INVALID ? o->kv_dtype : BM_F32;
     if ((st = bm_kv_layer_modules(tree, &c->dims, &c->kv_mods, &c->n_kv, err)))
         return st;
     c->kv_everywhere = c->dims.has_cache && c->n_kv != c->dims.layers;
@@ -1048,10 +1052,20 @@ static bm_status fleet_ctx_size(fleet_ctx *c, uint64_t context, uint64_t batch, 
     bm_status st = bm_kv_size_compute(&c->dims, c->kv_dtype, context, batch, &c->kv, err);
     if (st)
         return st;
-    if ((st = bm_workspace_compute(&c->dims, c->act, context, batch, 0, &c->ws, err)))
+    if ((st = bm_workspace_compute(&c->dims, context, batch, 0, &c->ws, err)))
         return st;
-    /* one decoder layer: its self-attention cache, and for t5 its
-     * cross-attention cache as well */
+    if (c->o->kv_dtype == BM_DTYPE_INVALID && c->dims.has_cache && !c->dims.cross_layers) {
+        /* the runner's cache of one layer */
+        uint64_t b;
+        if ((st = bm_run_layer_kv(&c->dims, context, batch, &b, err)))
+            return st;
+        c->kv_layer_bits = b * 8;
+        if (c->kv_layer_bits / 8 != b)
+            return bm_fail(err, BM_E_OVERFLOW, "the KV cache size overflows 64 bits");
+        return BM_OK;
+    }
+    /* a cache in kv_dtype: one decoder layer's self-attention cache, and
+     * for t5 its cross-attention cache as well */
     uint64_t lb = c->kv.layer_token_bits;
     if (!mul_u64(&lb, context) || !mul_u64(&lb, batch) ||
         (c->dims.cross_layers && !mul_u64(&lb, 2)))
