@@ -369,5 +369,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "offload.h"
 
 #include "runner.h"
+#include "sbuf.h"
 
 #endif /* BMPLAN_H */
