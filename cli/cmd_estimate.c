@@ -248,18 +248,7 @@ static char *people_table(const bm_model *model, const char *shown, const bm_mod
     char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32];
     uint64_t params = rows[0].w.params;
     char pbuf[32];
-    /* 1,234,567 */
-    {
-        char raw[32];
-        snprintf(raw, sizeof raw, "%llu", (unsigned long long)params);
-        size_t rl = strlen(raw), o = 0;
-        for (size_t i = 0; i < rl; i++) {
-            if (i && (rl - i) % 3 == 0)
-                pbuf[o++] = ',';
-            pbuf[o++] = raw[i];
-        }
-        pbuf[o] = 0;
-    }
+    bm_count_format(params, pbuf, sizeof pbuf);
     bm_sb_printf(&b, "%s: %s parameters (tied weights counted once)%s%s%s\n", shown, pbuf,
         have_dims ? ", " : "", have_dims ? dims->arch : "", have_dims ? " architecture" : "");
     if (tree->n_no_split) {

@@ -167,6 +167,8 @@ bm_status bm_size_parse_shard(const char *text, uint64_t *bytes,
 char *bm_size_format(uint64_t bytes, char *buf, size_t len);
 /* The same for a size in bits (prints fractional bytes exactly when needed). */
 char *bm_size_format_bits(uint64_t bits, char *buf, size_t len);
+/* A count with thousands separators: "1,234,567" (cut to fit len). */
+char *bm_count_format(uint64_t n, char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
  * The module tree
