@@ -206,18 +206,10 @@ static int like_accelerate(const bm_tree *tree, const char *shown, const char **
             json_array_append_new(arr, r);
         }
         json_object_set_new(o, "rows", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
         json_decref(o);
         if (!text)
             return cli_errorf(CMD, "out of memory");
-        size_t len = strlen(text);
-        char *t2 = realloc(text, len + 2);
-        if (!t2) {
-            free(text);
-            return cli_errorf(CMD, "out of memory");
-        }
-        text = t2;
-        memcpy(text + len, "\n", 2);
     } else {
         char *table = bm_accel_table(shown, rows, n);
         if (!table)
@@ -439,19 +431,8 @@ static int run_needs(const bm_model *model, const char *map_path, long prompt, l
             json_object_set_new(devs, key, d);
         }
         json_object_set_new(o, "devices", devs);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2) {
-                t2[l] = '\n';
-                t2[l + 1] = 0;
-            } else {
-                free(text);
-            }
-            text = t2;
-        }
     } else {
         bm_sbuf b = {0};
         bm_sb_printf(&b,
@@ -661,19 +642,8 @@ int cmd_estimate(int argc, char **argv)
         for (int i = 0; i < n; i++)
             json_array_append_new(arr, row_json(&rows[i], context, training != NULL));
         json_object_set_new(o, "dtypes", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2) {
-                memcpy(t2 + l, "\n", 2);
-                text = t2;
-            } else {
-                free(text);
-                text = NULL;
-            }
-        }
     } else {
         text = people_table(model, shown, &dims, have_dims, rows, n, context, batch,
                             training != NULL);

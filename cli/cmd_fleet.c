@@ -249,17 +249,8 @@ int cmd_fleet(int argc, char **argv)
         json_object_set_new(o, "max_memory", json_string(fit.max_memory));
         json_t *map = json_loads(fit.device_map, JSON_DECODE_ANY, NULL);
         json_object_set_new(o, "device_map", map ? map : json_null());
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2)
-                memcpy(t2 + l, "\n", 2);
-            else
-                free(text);
-            text = t2;
-        }
     } else {
         bm_sbuf b = {0};
         bm_sb_printf(&b, "%s on %s (%s each), %s weights, context %llu, batch %llu\n", shown, gpu.label,
