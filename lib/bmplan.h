@@ -354,6 +354,11 @@ bool bm_is_dir(const char *path);
 bool bm_is_file(const char *path);
 /* Join dir and name into a new string (malloc); NULL on overflow/nomem. */
 char *bm_path_join(const char *dir, const char *name);
+/* POSIX dirname/basename of path as new strings (malloc; NULL on nomem);
+ * the argument is left alone and trailing slashes are ignored
+ * ("a/out/" -> "a", "out"). */
+char *bm_path_dirname(const char *path);
+char *bm_path_basename(const char *path);
 
 #ifdef __cplusplus
 }

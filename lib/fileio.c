@@ -121,7 +121,7 @@ bm_status bm_fsync_dir(const char *dir, bm_error *err)
     return BM_OK;
 }
 
-static char *dir_of(const char *path)
+char *bm_path_dirname(const char *path)
 {
     char *copy = strdup(path);
     if (!copy)
@@ -129,6 +129,16 @@ static char *dir_of(const char *path)
     char *d = strdup(dirname(copy));
     free(copy);
     return d;
+}
+
+char *bm_path_basename(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return NULL;
+    char *b = strdup(basename(copy));
+    free(copy);
+    return b;
 }
 
 static char *temp_name_for(const char *path)
@@ -210,7 +220,7 @@ bm_status bm_atomic_commit(bm_atomic_file *af, bm_error *err)
         bm_atomic_abort(af);
         return st;
     }
-    char *dir = dir_of(af->path);
+    char *dir = bm_path_dirname(af->path);
     if (dir) {
         bm_fsync_dir(dir, NULL);
         free(dir);
