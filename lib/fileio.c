@@ -121,24 +121,25 @@ bm_status bm_fsync_dir(const char *dir, bm_error *err)
     return BM_OK;
 }
 
-char *bm_path_dirname(const char *path)
+/* dirname and basename may modify their argument: work on a copy */
+static char *path_part(const char *path, char *(*part)(char *))
 {
     char *copy = strdup(path);
     if (!copy)
         return NULL;
-    char *d = strdup(dirname(copy));
+    char *r = strdup(part(copy));
     free(copy);
-    return d;
+    return r;
+}
+
+char *bm_path_dirname(const char *path)
+{
+    return path_part(path, dirname);
 }
 
 char *bm_path_basename(const char *path)
 {
-    char *copy = strdup(path);
-    if (!copy)
-        return NULL;
-    char *b = strdup(basename(copy));
-    free(copy);
-    return b;
+    return path_part(path, basename);
 }
 
 static char *temp_name_for(const char *path)
