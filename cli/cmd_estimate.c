@@ -8,7 +8,6 @@
 #include "cli.h"
 
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,18 +197,10 @@ static int like_accelerate(const bm_tree *tree, const char *shown, const char **
             json_array_append_new(arr, r);
         }
         json_object_set_new(o, "rows", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
         json_decref(o);
         if (!text)
             return cli_errorf(CMD, "out of memory");
-        size_t len = strlen(text);
-        char *t2 = realloc(text, len + 2);
-        if (!t2) {
-            free(text);
-            return cli_errorf(CMD, "out of memory");
-        }
-        text = t2;
-        memcpy(text + len, "\n", 2);
     } else {
         char *table = bm_accel_table(shown, rows, n);
         if (!table)
@@ -231,80 +222,34 @@ static int like_accelerate(const bm_tree *tree, const char *shown, const char **
 
 /* ---- the table for people --------------------------------------------- */
 
-static void put(char **buf, size_t *len, size_t *cap, const char *fmtstr, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Append to a growing buffer; after a failed allocation *cap is
- * (size_t)-1 and every later call does nothing. */
-static void put(char **buf, size_t *len, size_t *cap, const char *fmtstr, ...)
-{
-    va_list ap;
-    if (*cap == (size_t)-1)
-        return;
-    for (;;) {
-        va_start(ap, fmtstr);
-        int n = *buf ? vsnprintf(*buf + *len, *cap - *len, fmtstr, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && *len + (size_t)n < *cap) {
-            *len += (size_t)n;
-            return;
-        }
-        size_t nc = *cap ? *cap * 2 : 4096;
-        if (n >= 0 && nc < *len + (size_t)n + 1)
-            nc = *len + (size_t)n + 1;
-        char *nb = realloc(*buf, nc);
-        if (!nb) {
-            free(*buf);
-            *buf = NULL;
-            *len = 0;
-            *cap = (size_t)-1;
-            return;
-        }
-        *buf = nb;
-        *cap = nc;
-    }
-}
-
 static char *people_table(const bm_model *model, const char *shown, const bm_model_dims *dims,
                           bool have_dims, const row *rows, int n, long context, long batch,
                           bool training)
 {
     const bm_tree *tree = model->tree;
-    char *b = NULL;
-    size_t len = 0, cap = 0;
+    bm_sbuf b = {0};
     char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32];
     uint64_t params = rows[0].w.params;
     char pbuf[32];
-    /* 1,234,567 */
-    {
-        char raw[32];
-        snprintf(raw, sizeof raw, "%llu", (unsigned long long)params);
-        size_t rl = strlen(raw), o = 0;
-        for (size_t i = 0; i < rl; i++) {
-            if (i && (rl - i) % 3 == 0)
-                pbuf[o++] = ',';
-            pbuf[o++] = raw[i];
-        }
-        pbuf[o] = 0;
-    }
-    put(&b, &len, &cap, "%s: %s parameters (tied weights counted once)%s%s%s\n", shown, pbuf,
+    bm_count_format(params, pbuf, sizeof pbuf);
+    bm_sb_printf(&b, "%s: %s parameters (tied weights counted once)%s%s%s\n", shown, pbuf,
         have_dims ? ", " : "", have_dims ? dims->arch : "", have_dims ? " architecture" : "");
     if (tree->n_no_split) {
-        put(&b, &len, &cap, "largest layer: accelerate's rule, no-split classes:");
+        bm_sb_printf(&b, "largest layer: accelerate's rule, no-split classes:");
         for (int i = 0; i < tree->n_no_split; i++)
-            put(&b, &len, &cap, "%s %s", i ? "," : "", tree->no_split[i]);
-        put(&b, &len, &cap, "\n");
+            bm_sb_printf(&b, "%s %s", i ? "," : "", tree->no_split[i]);
+        bm_sb_printf(&b, "\n");
     } else {
-        put(&b, &len, &cap, "largest layer: accelerate's rule, no no-split classes\n");
+        bm_sb_printf(&b, "largest layer: accelerate's rule, no no-split classes\n");
     }
     if (context > 0)
-        put(&b, &len, &cap, "KV cache: %ld tokens x %ld sequence%s in %s%s; %s\n", context, batch,
+        bm_sb_printf(&b, "KV cache: %ld tokens x %ld sequence%s in %s%s; %s\n", context, batch,
             batch == 1 ? "" : "s", bm_dtype_name(rows[0].kv_dtype),
             rows[0].kv_is_run ? " (as bmplan run keeps it)" : "", dims->cache_note);
     /* the largest-layer column: size, name, "(+N)" when N more tie */
     char(*largest)[160] = calloc((size_t)n, sizeof *largest);
     if (!largest) {
-        free(b);
+        free(b.p);
         return NULL;
     }
     int lw = (int)strlen("largest layer");
@@ -324,44 +269,44 @@ static char *people_table(const bm_model *model, const char *shown, const bm_mod
     }
     if (context <= 0 && !training)
         lw = 0; /* the last column: no trailing blanks */
-    put(&b, &len, &cap, "\n%-10s %12s %12s  %-*s", "dtype", "weights", "params", lw,
+    bm_sb_printf(&b, "\n%-10s %12s %12s  %-*s", "dtype", "weights", "params", lw,
         "largest layer");
     if (context > 0)
-        put(&b, &len, &cap, " %12s %12s %12s %12s", "KV/token", "KV cache", "workspace*",
+        bm_sb_printf(&b, " %12s %12s %12s %12s", "KV/token", "KV cache", "workspace*",
             "total*");
     if (training)
-        put(&b, &len, &cap, " %13s", "Adam peak*");
-    put(&b, &len, &cap, "\n");
+        bm_sb_printf(&b, " %13s", "Adam peak*");
+    bm_sb_printf(&b, "\n");
     for (int i = 0; i < n; i++) {
         const row *r = &rows[i];
-        put(&b, &len, &cap, "%-10s %12s %12s  %-*s", r->label,
+        bm_sb_printf(&b, "%-10s %12s %12s  %-*s", r->label,
             fmt(bits_to_bytes(r->w.total_bits), s1), fmt(bits_to_bytes(r->w.param_bits), s2), lw,
             largest[i]);
         if (context > 0)
-            put(&b, &len, &cap, " %12s %12s %12s %12s", fmt(r->kv.token_bytes, s4),
+            bm_sb_printf(&b, " %12s %12s %12s %12s", fmt(r->kv.token_bytes, s4),
                 fmt(r->kv.total_bytes, s5), fmt(r->ws.total_bytes, s6), fmt(r->total, s7));
         if (training)
-            put(&b, &len, &cap, " %13s", r->adam.available ? fmt(r->adam.peak, s1) : "N/A");
-        put(&b, &len, &cap, "\n");
+            bm_sb_printf(&b, " %13s", r->adam.available ? fmt(r->adam.peak, s1) : "N/A");
+        bm_sb_printf(&b, "\n");
     }
     free(largest);
     if (ties)
-        put(&b, &len, &cap, "(+N: N more layers of the same size)\n");
+        bm_sb_printf(&b, "(+N: N more layers of the same size)\n");
     if (context > 0 || training) {
-        put(&b, &len, &cap, "\n* estimate.");
+        bm_sb_printf(&b, "\n* estimate.");
         if (context > 0)
-            put(&b, &len, &cap,
+            bm_sb_printf(&b,
                 " workspace: bmplan run's float32 activations (its allocation rules) for a\n"
                 "  prompt as long as the context on one device: the largest live set of a\n"
                 "  layer plus the token ids, or the head's; weights and KV cache are exact.");
         if (training)
-            put(&b, &len, &cap,
+            bm_sb_printf(&b,
                 "%s Adam: accelerate's rule from the float32 size (float32: weights, gradients,\n"
                 "  two states; float16/bfloat16: mixed precision); activations not counted.",
                 context > 0 ? "\n " : "");
-        put(&b, &len, &cap, "\n");
+        bm_sb_printf(&b, "\n");
     }
-    return b;
+    return bm_sb_finish(&b, NULL);
 }
 
 static json_t *row_json(const row *r, long context, bool training)
@@ -478,43 +423,27 @@ static int run_needs(const bm_model *model, const char *map_path, long prompt, l
             json_object_set_new(devs, key, d);
         }
         json_object_set_new(o, "devices", devs);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2) {
-                t2[l] = '\n';
-                t2[l + 1] = 0;
-            } else {
-                free(text);
-            }
-            text = t2;
-        }
     } else {
-        size_t cap = 256 + (size_t)nn * 160, len = 0;
-        text = malloc(cap);
-        if (text) {
-            len += (size_t)snprintf(text + len, cap - len,
-                                    "bmplan run, %ld prompt tokens, context %ld%s:\n"
-                                    "%-8s %14s %14s %14s %14s %14s\n",
-                                    prompt, context, prefetch ? "" : ", no prefetch", "device",
-                                    "weights", "kv cache", "activations", "staging", "peak");
-            for (int i = 0; i < nn; i++) {
-                char key[16];
-                if (needs[i].device == BM_DEVICE_CPU)
-                    snprintf(key, sizeof key, "cpu");
-                else
-                    snprintf(key, sizeof key, "%d", needs[i].device);
-                len += (size_t)snprintf(text + len, cap - len,
-                                        "%-8s %14llu %14llu %14llu %14llu %14llu\n", key,
-                                        (unsigned long long)needs[i].weights,
-                                        (unsigned long long)needs[i].kv,
-                                        (unsigned long long)needs[i].activations,
-                                        (unsigned long long)needs[i].staging,
-                                        (unsigned long long)needs[i].peak);
-            }
+        bm_sbuf b = {0};
+        bm_sb_printf(&b,
+                     "bmplan run, %ld prompt tokens, context %ld%s:\n"
+                     "%-8s %14s %14s %14s %14s %14s\n",
+                     prompt, context, prefetch ? "" : ", no prefetch", "device", "weights",
+                     "kv cache", "activations", "staging", "peak");
+        for (int i = 0; i < nn; i++) {
+            char key[16];
+            if (needs[i].device == BM_DEVICE_CPU)
+                snprintf(key, sizeof key, "cpu");
+            else
+                snprintf(key, sizeof key, "%d", needs[i].device);
+            bm_sb_printf(&b, "%-8s %14llu %14llu %14llu %14llu %14llu\n", key,
+                         (unsigned long long)needs[i].weights, (unsigned long long)needs[i].kv,
+                         (unsigned long long)needs[i].activations,
+                         (unsigned long long)needs[i].staging, (unsigned long long)needs[i].peak);
         }
+        text = bm_sb_finish(&b, NULL);
     }
     if (!text) {
         cli_errorf(CMD, "out of memory");
@@ -706,19 +635,8 @@ int cmd_estimate(int argc, char **argv)
         for (int i = 0; i < n; i++)
             json_array_append_new(arr, row_json(&rows[i], context, training != NULL));
         json_object_set_new(o, "dtypes", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2) {
-                memcpy(t2 + l, "\n", 2);
-                text = t2;
-            } else {
-                free(text);
-                text = NULL;
-            }
-        }
     } else {
         text = people_table(model, shown, &dims, have_dims, rows, n, context, batch,
                             training != NULL);

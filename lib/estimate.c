@@ -301,57 +301,19 @@ static size_t py_len(const char *s)
     return n;
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->len + n + 1)
-            nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->failed = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
-static void sb_rep(sbuf *b, const char *s, size_t times)
-{
-    for (size_t i = 0; i < times; i++)
-        sb_str(b, s);
-}
-
 /* Python's str.center(width) */
-static void sb_center(sbuf *b, const char *s, size_t width)
+static void sb_center(bm_sbuf *b, const char *s, size_t width)
 {
     size_t n = py_len(s);
     if (n >= width) {
-        sb_str(b, s);
+        bm_sb_str(b, s);
         return;
     }
     size_t marg = width - n;
     size_t left = marg / 2 + (marg & width & 1);
-    sb_rep(b, " ", left);
-    sb_str(b, s);
-    sb_rep(b, " ", marg - left);
+    bm_sb_rep(b, " ", left);
+    bm_sb_str(b, s);
+    bm_sb_rep(b, " ", marg - left);
 }
 
 #define BOX_V "\xe2\x94\x82"  /* │ */
@@ -370,29 +332,29 @@ static void sb_center(sbuf *b, const char *s, size_t width)
 
 /* create_ascii_table's make_row: left, runs of ─ joined by middle, diff
  * more ─, right */
-static void make_row(sbuf *b, const char *l, const char *mid, const char *r,
+static void make_row(bm_sbuf *b, const char *l, const char *mid, const char *r,
                      const size_t *w, size_t diff)
 {
-    sb_str(b, l);
+    bm_sb_str(b, l);
     for (int i = 0; i < ACCEL_COLS; i++) {
         if (i)
-            sb_str(b, mid);
-        sb_rep(b, BOX_H, w[i]);
+            bm_sb_str(b, mid);
+        bm_sb_rep(b, BOX_H, w[i]);
     }
-    sb_rep(b, BOX_H, diff);
-    sb_str(b, r);
+    bm_sb_rep(b, BOX_H, diff);
+    bm_sb_str(b, r);
 }
 
-static void table_line(sbuf *b, char cells[][64], const size_t *w)
+static void table_line(bm_sbuf *b, char cells[][64], const size_t *w)
 {
-    sb_str(b, BOX_V);
+    bm_sb_str(b, BOX_V);
     for (int i = 0; i < ACCEL_COLS; i++) {
         if (i)
-            sb_str(b, BOX_V);
+            bm_sb_str(b, BOX_V);
         sb_center(b, cells[i], w[i]);
     }
-    sb_str(b, BOX_V);
-    sb_str(b, "\n");
+    bm_sb_str(b, BOX_V);
+    bm_sb_str(b, "\n");
 }
 
 char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
@@ -402,7 +364,7 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
     if (n < 1)
         return NULL;
     char(*cells)[ACCEL_COLS][64] = calloc((size_t)n, sizeof *cells);
-    sbuf title = {0}, b = {0};
+    bm_sbuf title = {0}, b = {0};
     if (!cells)
         return NULL;
     for (int r = 0; r < n; r++) {
@@ -421,11 +383,12 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
             if (py_len(cells[r][c]) > w[c])
                 w[c] = py_len(cells[r][c]);
     }
-    sb_str(&title, "Memory Usage for loading `");
-    sb_str(&title, model ? model : "");
-    sb_str(&title, "`");
-    if (title.failed) {
+    bm_sb_str(&title, "Memory Usage for loading `");
+    bm_sb_str(&title, model ? model : "");
+    bm_sb_str(&title, "`");
+    if (title.oom) {
         free(cells);
+        free(title.p);
         return NULL;
     }
     size_t sum = 0;
@@ -441,11 +404,11 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
     }
     size_t sep_now = sum + diff + (ACCEL_COLS - 1) + diff + 2;
     make_row(&b, BOX_TL, BOX_H, BOX_TR, w, diff);
-    sb_str(&b, "\n" BOX_V);
+    bm_sb_str(&b, "\n" BOX_V);
     sb_center(&b, title.p, sep_now - 2);
-    sb_str(&b, BOX_V "\n");
+    bm_sb_str(&b, BOX_V "\n");
     make_row(&b, BOX_ML, BOX_TM, BOX_MR, w, diff);
-    sb_str(&b, "\n");
+    bm_sb_str(&b, "\n");
     /* accelerate widens the last column a second time here; the rows and
      * the separator then have the same length */
     size_t wsep[ACCEL_COLS];
@@ -456,23 +419,19 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
         snprintf(head[0][c], 64, "%s", headers[c]);
     table_line(&b, head[0], w);
     make_row(&b, BOX_ML, BOX_MM, BOX_MR, wsep, diff);
-    sb_str(&b, "\n");
+    bm_sb_str(&b, "\n");
     for (int r = 0; r < n; r++)
         table_line(&b, cells[r], w);
-    sb_str(&b, BOX_BL);
+    bm_sb_str(&b, BOX_BL);
     for (int c = 0; c < ACCEL_COLS; c++) {
         if (c)
-            sb_str(&b, BOX_BM);
-        sb_rep(&b, BOX_H, w[c]);
+            bm_sb_str(&b, BOX_BM);
+        bm_sb_rep(&b, BOX_H, w[c]);
     }
-    sb_str(&b, BOX_BR);
+    bm_sb_str(&b, BOX_BR);
     free(cells);
     free(title.p);
-    if (b.failed) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
+    return bm_sb_finish(&b, NULL);
 }
 
 /* ------------------------------------------------------------------------
