@@ -101,8 +101,10 @@ bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runn
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     r->model = model;
     double t0 = now();
-    bm_backend_config cfg = {.threads = o->threads};
-    bm_status s = bm_backend_load(o->backend ? o->backend : "cpu", &cfg, &r->be, err);
+    bm_backend_config cfg = {.threads = o->threads, .report = o->report};
+    bm_status s = o->backend_ops ? bm_backend_start(o->backend_ops, &cfg, &r->be, err)
+                                 : bm_backend_load(o->backend ? o->backend : "cpu", &cfg,
+                                                   &r->be, err);
     if (s == BM_OK && strcmp(bm_backend_name(r->be), "cpu") != 0)
         s = bm_backend_load("cpu", &cfg, &r->host, err);
     else
@@ -312,7 +314,26 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
         }
     if (bm_rt_device(r->rt, BM_DEVICE_CPU, &d, NULL) == BM_OK)
         json_object_set_new(devs, "cpu", device_json(d));
-    json_object_set_new(root, "backend", json_string(bm_backend_name(r->be)));
+    json_t *bj = json_object();
+    json_object_set_new(bj, "name", json_string(bm_backend_name(r->be)));
+    char *own = bm_backend_report_json(r->be);
+    if (own) {
+        json_error_t je;
+        json_t *extra = json_loads(own, 0, &je);
+        free(own);
+        if (!json_is_object(extra)) {
+            json_decref(extra);
+            json_decref(bj);
+            json_decref(devs);
+            json_decref(root);
+            return bm_fail(err, BM_E_INTERNAL, "%s backend: its report is not a JSON object",
+                           bm_backend_name(r->be));
+        }
+        json_object_del(extra, "name"); /* ours names the backend */
+        json_object_update(bj, extra);
+        json_decref(extra);
+    }
+    json_object_set_new(root, "backend", bj);
     json_object_set_new(root, "devices", devs);
     bm_rt_stats st;
     bm_rt_get_stats(r->rt, &st);

@@ -20,6 +20,10 @@ extern "C" {
 
 typedef struct bm_runner_opts {
     const char *backend;        /* "cpu" (default) or "cuda" */
+    const bm_backend_ops *backend_ops; /* instead of `backend`: a table
+                                          (tests, custom backends) */
+    bool report;                /* bm_runner_report will be asked for: the
+                                   backend measures its own figures */
     int threads;                /* CPU threads (0: all cores) */
     bm_dtype dtype;             /* compute dtype; INVALID: the checkpoint's */
     const bm_map_entry *map;    /* the device map (module or tensor names) */
@@ -139,7 +143,10 @@ bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts
                                  bm_device_need *out, int *n, bm_error *err);
 
 /* The --report JSON: per-device capacity, peak and traffic, bytes read
- * from disk and copied from host memory, phase times, prefetch counts. */
+ * from disk and copied from host memory, phase times, prefetch counts.
+ * "backend" is an object: "name", then the fields of the backend's
+ * report_json when it has one (the CUDA backend: measured bandwidth,
+ * streamed bytes, GPU idle time waiting on uploads). */
 bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **json,
                            bm_error *err);
 
