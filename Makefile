@@ -27,6 +27,15 @@ SANFLAGS :=
 OPTFLAGS := -O2 -g
 endif
 
+# A fresh machine: install what is missing (or print how) before the flags
+# below are read from pkg-config. `make clean` needs nothing.
+ifneq ($(MAKECMDGOALS),clean)
+ifneq ($(shell pkg-config --exists $(PKGS) check openblas 2>/dev/null && echo ok),ok)
+$(info bmplan: installing missing build dependencies (scripts/deps.sh))
+DEPS_RC := $(shell bash scripts/deps.sh >&2; echo $$?)
+endif
+endif
+
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -77,10 +86,10 @@ endif
 .PHONY: all test test-unit test-cli test-gpu demo bench fuzz valgrind clean deps check-deps
 all: check-deps $(ALL)
 
-# A fresh machine: install what is missing (or say how) before building.
+# Dependencies were installed at parse time when missing; stop clearly if
+# that was not possible (not root, no network).
 check-deps:
-	@pkg-config --exists $(PKGS) check || bash scripts/deps.sh
-	@pkg-config --exists $(PKGS) check || { echo "bmplan: missing build dependencies (see scripts/deps.sh)" >&2; exit 1; }
+	@pkg-config --exists $(PKGS) check openblas || { echo "bmplan: missing build dependencies: run 'sudo bash scripts/deps.sh'" >&2; exit 1; }
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

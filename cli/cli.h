@@ -61,6 +61,9 @@ void cli_list_free(cli_list *l);
 
 /* Write text to -o FILE atomically, or to stdout when path is NULL or "-". */
 int cli_write_output(const char *cmd, const char *path, const char *text, size_t len);
+/* json_dumps(json, flags) (json is a json_t *) plus a final newline, the
+ * way every --json output ends; NULL when out of memory. */
+char *cli_json_text(const void *json, size_t flags);
 
 /* The command table (main.c). */
 extern const cli_command cli_commands[];

@@ -8,7 +8,6 @@
 #include "cli.h"
 
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,8 +23,9 @@ static const char *const usage[] = {
 static const char *const description =
     "Memory a model needs, per dtype: the weights (exactly what `bmplan plan`\n"
     "places), accelerate's largest layer, the parameter count (tied weights\n"
-    "once); with --context, the KV cache (exact) and the runtime workspace\n"
-    "(an estimate); with --training adam, accelerate's Adam rule (an\n"
+    "once); with --context, the KV cache (exact; float32 as bmplan run keeps\n"
+    "it, or --kv-dtype) and the workspace of bmplan run by its allocation\n"
+    "rules (an estimate); with --training adam, accelerate's Adam rule (an\n"
     "estimate). Estimates are marked with '*' in the table and\n"
     "\"estimate\": true in JSON. --like-accelerate prints the figures and\n"
     "table of `accelerate estimate-memory` for the same tree.";
@@ -40,6 +40,7 @@ typedef struct row {
     bm_weights w;
     bool has_kv;
     bm_dtype kv_dtype;
+    bool kv_is_run;     /* float32, as bmplan run keeps it (no --kv-dtype) */
     bm_kv_size kv;
     bm_workspace ws;
     bm_adam adam;
@@ -54,17 +55,6 @@ static uint64_t bits_to_bytes(uint64_t bits)
 static char *fmt(uint64_t bytes, char *buf)
 {
     return bm_size_format(bytes, buf, 32);
-}
-
-/* The dtype activations are computed in: the weights' when floating, the
- * stored parameters' for "auto", float16 for quantised weights. */
-static bm_dtype act_dtype(const bm_tree *tree, bm_dtype weights)
-{
-    if (weights == BM_DTYPE_INVALID)
-        for (int32_t i = 0; i < tree->n_tensors; i++)
-            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype))
-                return tree->tensors[i].dtype;
-    return weights != BM_DTYPE_INVALID && bm_dtype_is_floating(weights) ? weights : BM_F16;
 }
 
 static int parse_dtypes(const char *text, bool like_accel, const char **labels, bm_dtype *dts,
@@ -207,18 +197,10 @@ static int like_accelerate(const bm_tree *tree, const char *shown, const char **
             json_array_append_new(arr, r);
         }
         json_object_set_new(o, "rows", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
         json_decref(o);
         if (!text)
             return cli_errorf(CMD, "out of memory");
-        size_t len = strlen(text);
-        char *t2 = realloc(text, len + 2);
-        if (!t2) {
-            free(text);
-            return cli_errorf(CMD, "out of memory");
-        }
-        text = t2;
-        memcpy(text + len, "\n", 2);
     } else {
         char *table = bm_accel_table(shown, rows, n);
         if (!table)
@@ -240,79 +222,34 @@ static int like_accelerate(const bm_tree *tree, const char *shown, const char **
 
 /* ---- the table for people --------------------------------------------- */
 
-static void put(char **buf, size_t *len, size_t *cap, const char *fmtstr, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Append to a growing buffer; after a failed allocation *cap is
- * (size_t)-1 and every later call does nothing. */
-static void put(char **buf, size_t *len, size_t *cap, const char *fmtstr, ...)
-{
-    va_list ap;
-    if (*cap == (size_t)-1)
-        return;
-    for (;;) {
-        va_start(ap, fmtstr);
-        int n = *buf ? vsnprintf(*buf + *len, *cap - *len, fmtstr, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && *len + (size_t)n < *cap) {
-            *len += (size_t)n;
-            return;
-        }
-        size_t nc = *cap ? *cap * 2 : 4096;
-        if (n >= 0 && nc < *len + (size_t)n + 1)
-            nc = *len + (size_t)n + 1;
-        char *nb = realloc(*buf, nc);
-        if (!nb) {
-            free(*buf);
-            *buf = NULL;
-            *len = 0;
-            *cap = (size_t)-1;
-            return;
-        }
-        *buf = nb;
-        *cap = nc;
-    }
-}
-
 static char *people_table(const bm_model *model, const char *shown, const bm_model_dims *dims,
                           bool have_dims, const row *rows, int n, long context, long batch,
                           bool training)
 {
     const bm_tree *tree = model->tree;
-    char *b = NULL;
-    size_t len = 0, cap = 0;
+    bm_sbuf b = {0};
     char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32];
     uint64_t params = rows[0].w.params;
     char pbuf[32];
-    /* 1,234,567 */
-    {
-        char raw[32];
-        snprintf(raw, sizeof raw, "%llu", (unsigned long long)params);
-        size_t rl = strlen(raw), o = 0;
-        for (size_t i = 0; i < rl; i++) {
-            if (i && (rl - i) % 3 == 0)
-                pbuf[o++] = ',';
-            pbuf[o++] = raw[i];
-        }
-        pbuf[o] = 0;
-    }
-    put(&b, &len, &cap, "%s: %s parameters (tied weights counted once)%s%s%s\n", shown, pbuf,
+    bm_count_format(params, pbuf, sizeof pbuf);
+    bm_sb_printf(&b, "%s: %s parameters (tied weights counted once)%s%s%s\n", shown, pbuf,
         have_dims ? ", " : "", have_dims ? dims->arch : "", have_dims ? " architecture" : "");
     if (tree->n_no_split) {
-        put(&b, &len, &cap, "largest layer: accelerate's rule, no-split classes:");
+        bm_sb_printf(&b, "largest layer: accelerate's rule, no-split classes:");
         for (int i = 0; i < tree->n_no_split; i++)
-            put(&b, &len, &cap, "%s %s", i ? "," : "", tree->no_split[i]);
-        put(&b, &len, &cap, "\n");
+            bm_sb_printf(&b, "%s %s", i ? "," : "", tree->no_split[i]);
+        bm_sb_printf(&b, "\n");
     } else {
-        put(&b, &len, &cap, "largest layer: accelerate's rule, no no-split classes\n");
+        bm_sb_printf(&b, "largest layer: accelerate's rule, no no-split classes\n");
     }
     if (context > 0)
-        put(&b, &len, &cap, "KV cache: %ld tokens x %ld sequence%s; %s\n", context, batch,
-            batch == 1 ? "" : "s", dims->cache_note);
+        bm_sb_printf(&b, "KV cache: %ld tokens x %ld sequence%s in %s%s; %s\n", context, batch,
+            batch == 1 ? "" : "s", bm_dtype_name(rows[0].kv_dtype),
+            rows[0].kv_is_run ? " (as bmplan run keeps it)" : "", dims->cache_note);
     /* the largest-layer column: size, name, "(+N)" when N more tie */
     char(*largest)[160] = calloc((size_t)n, sizeof *largest);
     if (!largest) {
-        free(b);
+        free(b.p);
         return NULL;
     }
     int lw = (int)strlen("largest layer");
@@ -332,44 +269,44 @@ static char *people_table(const bm_model *model, const char *shown, const bm_mod
     }
     if (context <= 0 && !training)
         lw = 0; /* the last column: no trailing blanks */
-    put(&b, &len, &cap, "\n%-10s %12s %12s  %-*s", "dtype", "weights", "params", lw,
+    bm_sb_printf(&b, "\n%-10s %12s %12s  %-*s", "dtype", "weights", "params", lw,
         "largest layer");
     if (context > 0)
-        put(&b, &len, &cap, " %12s %12s %12s %12s", "KV/token", "KV cache", "workspace*",
+        bm_sb_printf(&b, " %12s %12s %12s %12s", "KV/token", "KV cache", "workspace*",
             "total*");
     if (training)
-        put(&b, &len, &cap, " %13s", "Adam peak*");
-    put(&b, &len, &cap, "\n");
+        bm_sb_printf(&b, " %13s", "Adam peak*");
+    bm_sb_printf(&b, "\n");
     for (int i = 0; i < n; i++) {
         const row *r = &rows[i];
-        put(&b, &len, &cap, "%-10s %12s %12s  %-*s", r->label,
+        bm_sb_printf(&b, "%-10s %12s %12s  %-*s", r->label,
             fmt(bits_to_bytes(r->w.total_bits), s1), fmt(bits_to_bytes(r->w.param_bits), s2), lw,
             largest[i]);
         if (context > 0)
-            put(&b, &len, &cap, " %12s %12s %12s %12s", fmt(r->kv.token_bytes, s4),
+            bm_sb_printf(&b, " %12s %12s %12s %12s", fmt(r->kv.token_bytes, s4),
                 fmt(r->kv.total_bytes, s5), fmt(r->ws.total_bytes, s6), fmt(r->total, s7));
         if (training)
-            put(&b, &len, &cap, " %13s", r->adam.available ? fmt(r->adam.peak, s1) : "N/A");
-        put(&b, &len, &cap, "\n");
+            bm_sb_printf(&b, " %13s", r->adam.available ? fmt(r->adam.peak, s1) : "N/A");
+        bm_sb_printf(&b, "\n");
     }
     free(largest);
     if (ties)
-        put(&b, &len, &cap, "(+N: N more layers of the same size)\n");
+        bm_sb_printf(&b, "(+N: N more layers of the same size)\n");
     if (context > 0 || training) {
-        put(&b, &len, &cap, "\n* estimate.");
+        bm_sb_printf(&b, "\n* estimate.");
         if (context > 0)
-            put(&b, &len, &cap,
-                " workspace: activations of one forward pass over the whole context\n"
-                "  (residual stream, q/k/v, float32 attention scores, MLP, float32 logits);\n"
-                "  weights and KV cache are exact.");
+            bm_sb_printf(&b,
+                " workspace: bmplan run's float32 activations (its allocation rules) for a\n"
+                "  prompt as long as the context on one device: the largest live set of a\n"
+                "  layer plus the token ids, or the head's; weights and KV cache are exact.");
         if (training)
-            put(&b, &len, &cap,
+            bm_sb_printf(&b,
                 "%s Adam: accelerate's rule from the float32 size (float32: weights, gradients,\n"
                 "  two states; float16/bfloat16: mixed precision); activations not counted.",
                 context > 0 ? "\n " : "");
-        put(&b, &len, &cap, "\n");
+        bm_sb_printf(&b, "\n");
     }
-    return b;
+    return bm_sb_finish(&b, NULL);
 }
 
 static json_t *row_json(const row *r, long context, bool training)
@@ -388,6 +325,7 @@ static json_t *row_json(const row *r, long context, bool training)
     if (context > 0) {
         json_t *kv = json_object();
         json_object_set_new(kv, "dtype", json_string(bm_dtype_name(r->kv_dtype)));
+        json_object_set_new(kv, "rule", json_string(r->kv_is_run ? "bmplan run" : "pytorch"));
         json_object_set_new(kv, "bytes_per_token", jint(r->kv.token_bytes));
         json_object_set_new(kv, "self_attention_bytes", jint(r->kv.self_bytes));
         json_object_set_new(kv, "cross_attention_bytes", jint(r->kv.cross_bytes));
@@ -396,11 +334,10 @@ static json_t *row_json(const row *r, long context, bool training)
         json_object_set_new(o, "kv_cache", kv);
         json_t *ws = json_object();
         json_object_set_new(ws, "bytes", jint(r->ws.total_bytes));
-        json_object_set_new(ws, "hidden_bytes", jint(r->ws.hidden_bytes));
-        json_object_set_new(ws, "attention_bytes", jint(r->ws.attention_bytes));
-        json_object_set_new(ws, "scores_bytes", jint(r->ws.scores_bytes));
-        json_object_set_new(ws, "mlp_bytes", jint(r->ws.mlp_bytes));
-        json_object_set_new(ws, "logits_bytes", jint(r->ws.logits_bytes));
+        json_object_set_new(ws, "layer_bytes", jint(r->ws.layer_bytes));
+        json_object_set_new(ws, "ids_bytes", jint(r->ws.ids_bytes));
+        json_object_set_new(ws, "head_bytes", jint(r->ws.head_bytes));
+        json_object_set_new(ws, "rule", json_string("bmplan run"));
         json_object_set_new(ws, "estimate", json_boolean(r->ws.estimate));
         json_object_set_new(o, "workspace", ws);
         json_object_set_new(o, "total_bytes", jint(r->total));
@@ -423,19 +360,121 @@ static json_t *row_json(const row *r, long context, bool training)
     return o;
 }
 
+/* --device-map: what each device of the map needs for `bmplan run` with a
+ * prompt of `prompt` tokens and a context of `context`, by the runner's own
+ * allocation rules (bm_runner_device_needs). */
+static int run_needs(const bm_model *model, const char *map_path, long prompt, long context,
+                     bm_dtype dtype, bool prefetch, bool as_json, const char *out_path)
+{
+    bm_error err = {0};
+    bm_devmap *map = NULL;
+    if (bm_devmap_load(map_path, &map, &err) != BM_OK)
+        return cli_fail(CMD, &err);
+    int rc = CLI_EXIT_FAIL;
+    bm_map_entry *entries = calloc((size_t)map->n + 1, sizeof *entries);
+    if (!entries) {
+        bm_devmap_free(map);
+        return cli_errorf(CMD, "out of memory");
+    }
+    for (int32_t i = 0; i < map->n; i++) {
+        bm_device dv = map->e[i].dev;
+        entries[i].name = map->e[i].name;
+        if (dv.kind == BM_DEV_GPU && dv.id >= 0 && dv.id < 64)
+            entries[i].device = (int)dv.id;
+        else if (dv.kind == BM_DEV_CPU)
+            entries[i].device = BM_DEVICE_CPU;
+        else if (dv.kind == BM_DEV_DISK)
+            entries[i].device = BM_DEVICE_DISK;
+        else {
+            cli_errorf(CMD, "%s: entry '%s' names a device bmplan run cannot use", map_path,
+                       map->e[i].name);
+            goto done;
+        }
+    }
+    bm_device_needs_opts no = {.map = entries, .n_map = map->n, .main_device = BM_DEVICE_NONE,
+                               .dtype = dtype, .prompt_tokens = prompt, .max_tokens = context,
+                               .prefetch = prefetch};
+    bm_device_need needs[65];
+    int nn = 0;
+    if (bm_runner_device_needs(model->tree, &no, needs, &nn, &err) != BM_OK) {
+        cli_fail(CMD, &err);
+        goto done;
+    }
+    char *text = NULL;
+    if (as_json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "format", json_string("bmplan-estimate-run/1"));
+        json_object_set_new(o, "prompt_tokens", json_integer(prompt));
+        json_object_set_new(o, "context", json_integer(context));
+        json_object_set_new(o, "prefetch", json_boolean(prefetch));
+        json_t *devs = json_object();
+        for (int i = 0; i < nn; i++) {
+            char key[16];
+            if (needs[i].device == BM_DEVICE_CPU)
+                snprintf(key, sizeof key, "cpu");
+            else
+                snprintf(key, sizeof key, "%d", needs[i].device);
+            json_t *d = json_object();
+            json_object_set_new(d, "weights_bytes", jint(needs[i].weights));
+            json_object_set_new(d, "kv_bytes", jint(needs[i].kv));
+            json_object_set_new(d, "activations_bytes", jint(needs[i].activations));
+            json_object_set_new(d, "staging_bytes", jint(needs[i].staging));
+            json_object_set_new(d, "peak_bytes", jint(needs[i].peak));
+            json_object_set_new(devs, key, d);
+        }
+        json_object_set_new(o, "devices", devs);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        json_decref(o);
+    } else {
+        bm_sbuf b = {0};
+        bm_sb_printf(&b,
+                     "bmplan run, %ld prompt tokens, context %ld%s:\n"
+                     "%-8s %14s %14s %14s %14s %14s\n",
+                     prompt, context, prefetch ? "" : ", no prefetch", "device", "weights",
+                     "kv cache", "activations", "staging", "peak");
+        for (int i = 0; i < nn; i++) {
+            char key[16];
+            if (needs[i].device == BM_DEVICE_CPU)
+                snprintf(key, sizeof key, "cpu");
+            else
+                snprintf(key, sizeof key, "%d", needs[i].device);
+            bm_sb_printf(&b, "%-8s %14llu %14llu %14llu %14llu %14llu\n", key,
+                         (unsigned long long)needs[i].weights, (unsigned long long)needs[i].kv,
+                         (unsigned long long)needs[i].activations,
+                         (unsigned long long)needs[i].staging, (unsigned long long)needs[i].peak);
+        }
+        text = bm_sb_finish(&b, NULL);
+    }
+    if (!text) {
+        cli_errorf(CMD, "out of memory");
+        goto done;
+    }
+    rc = cli_write_output(CMD, out_path, text, strlen(text)) ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    free(text);
+done:
+    free(entries);
+    bm_devmap_free(map);
+    return rc;
+}
+
 int cmd_estimate(int argc, char **argv)
 {
     const char *dtypes_text = NULL, *kv_text = NULL, *training = NULL, *out_path = NULL;
     const char *graph = NULL, *checkpoint = NULL;
-    long context = 0, batch = 0;
-    bool as_json = false, like_accel = false;
+    long context = 0, batch = 0, prompt = 0;
+    bool as_json = false, like_accel = false, no_prefetch = false;
+    const char *map_path = NULL;
     const cli_option opts[] = {
         {CLI_STRING, 0, "dtypes", &dtypes_text, "LIST",
          "comma-separated dtypes (default " DEFAULT_DTYPES "; auto = as stored)"},
         {CLI_INT, 0, "context", &context, "L", "tokens of context for the KV cache and workspace"},
         {CLI_INT, 0, "batch", &batch, "B", "sequences (default 1; needs --context)"},
         {CLI_STRING, 0, "kv-dtype", &kv_text, "D",
-         "dtype of the KV cache (default: each row's dtype, float16 for integer rows)"},
+         "dtype of the KV cache (default float32, as bmplan run keeps it)"},
+        {CLI_STRING, 0, "device-map", &map_path, "FILE",
+         "per device of this map, what bmplan run needs (needs --context)"},
+        {CLI_INT, 0, "prompt", &prompt, "N", "with --device-map: prompt tokens (default: --context)"},
+        {CLI_FLAG, 0, "no-prefetch", &no_prefetch, NULL, "with --device-map: as bmplan run --no-prefetch"},
         {CLI_STRING, 0, "training", &training, "adam", "add accelerate's Adam training rule"},
         {CLI_FLAG, 0, "like-accelerate", &like_accel, NULL,
          "print accelerate estimate-memory's figures and table"},
@@ -474,6 +513,15 @@ int cmd_estimate(int argc, char **argv)
         return cli_usage_error(CMD,
                                "--like-accelerate prints accelerate's figures only (no "
                                "--context, --kv-dtype or --training)");
+    if (map_path && (!context || batch > 1 || training || like_accel || kv_text))
+        return cli_usage_error(CMD, "--device-map needs --context, and takes no --batch, "
+                               "--kv-dtype, --training or --like-accelerate");
+    if ((prompt || no_prefetch) && !map_path)
+        return cli_usage_error(CMD, "--prompt and --no-prefetch go with --device-map");
+    if (prompt < 0 || (map_path && prompt > context))
+        return cli_usage_error(CMD, "--prompt must be from 1 to --context");
+    if (map_path && dtypes_text && strchr(dtypes_text, ','))
+        return cli_usage_error(CMD, "--device-map takes one --dtypes value (the compute dtype)");
     bm_dtype kv_dtype = BM_DTYPE_INVALID;
     if (kv_text) {
         kv_dtype = bm_dtype_parse(kv_text);
@@ -514,6 +562,12 @@ int cmd_estimate(int argc, char **argv)
         bm_model_close(model);
         return rc;
     }
+    if (map_path) {
+        rc = run_needs(model, map_path, prompt ? prompt : context, context,
+                       dtypes_text ? dts[0] : BM_DTYPE_INVALID, !no_prefetch, as_json, out_path);
+        bm_model_close(model);
+        return rc;
+    }
 
     bm_model_dims dims;
     bool have_dims = bm_model_dims_for_tree(model->tree, &dims, &err) == BM_OK;
@@ -538,12 +592,13 @@ int cmd_estimate(int argc, char **argv)
             goto fail;
         r->total = bits_to_bytes(r->w.total_bits);
         if (context) {
-            r->kv_dtype =
-                kv_dtype != BM_DTYPE_INVALID ? kv_dtype : act_dtype(model->tree, dts[i]);
+            /* bmplan run keeps its caches in float32; --kv-dtype asks what
+             * a cache of that dtype (PyTorch's) would take */
+            r->kv_is_run = kv_dtype == BM_DTYPE_INVALID;
+            r->kv_dtype = r->kv_is_run ? BM_F32 : kv_dtype;
             if (bm_kv_size_compute(&dims, r->kv_dtype, (uint64_t)context, (uint64_t)batch, &r->kv,
                                    &err) ||
-                bm_workspace_compute(&dims, act_dtype(model->tree, dts[i]), (uint64_t)context,
-                                     (uint64_t)batch, 0, &r->ws, &err))
+                bm_workspace_compute(&dims, (uint64_t)context, (uint64_t)batch, 0, &r->ws, &err))
                 goto fail;
             if (__builtin_add_overflow(r->total, r->kv.total_bytes, &r->total) ||
                 __builtin_add_overflow(r->total, r->ws.total_bytes, &r->total)) {
@@ -580,19 +635,8 @@ int cmd_estimate(int argc, char **argv)
         for (int i = 0; i < n; i++)
             json_array_append_new(arr, row_json(&rows[i], context, training != NULL));
         json_object_set_new(o, "dtypes", arr);
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2) {
-                memcpy(t2 + l, "\n", 2);
-                text = t2;
-            } else {
-                free(text);
-                text = NULL;
-            }
-        }
     } else {
         text = people_table(model, shown, &dims, have_dims, rows, n, context, batch,
                             training != NULL);

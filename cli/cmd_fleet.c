@@ -7,7 +7,6 @@
 #include "cli.h"
 
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,8 +24,9 @@ static const char *const description =
     "With --gpu TYPE: the fewest GPUs of that type that hold MODEL resident\n"
     "at the context and batch, found by the planner itself (the map `bmplan\n"
     "plan` produces with the budgets shown). Each GPU keeps a reserve (CUDA\n"
-    "context, library handles), the runtime workspace (an estimate) and the KV\n"
-    "cache of the layers it runs; the rest is its weight budget.\n"
+    "context, library handles), bmplan run's workspace by its allocation rules\n"
+    "(an estimate) and the KV cache of the layers it runs (float32 as bmplan\n"
+    "run keeps it, or --kv-dtype); the rest is its weight budget.\n"
     "With --gpu TYPE:COUNT: whether the model fits, the longest context and\n"
     "the largest batch that fit, and when it does not fit, what is offloaded\n"
     "and how much must stream per token. TYPE is a GPU of the built-in table\n"
@@ -42,40 +42,6 @@ static char *fmt(uint64_t bytes, char *buf)
     return bm_size_format(bytes, buf, 32);
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} sbuf;
-
-static void out(sbuf *b, const char *f, ...) __attribute__((format(printf, 2, 3)));
-
-static void out(sbuf *b, const char *f, ...)
-{
-    if (b->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, f);
-        int n = b->p ? vsnprintf(b->p + b->len, b->cap - b->len, f, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t nc = b->cap ? b->cap * 2 : 4096;
-        if (n >= 0 && nc < b->len + (size_t)n + 1)
-            nc = b->len + (size_t)n + 1;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->failed = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-}
-
 static int list_gpus(void)
 {
     printf("%-10s %-30s %12s  %s\n", "type", "board", "memory", "also accepted");
@@ -87,15 +53,15 @@ static int list_gpus(void)
     return CLI_EXIT_OK;
 }
 
-static void gpu_table(sbuf *b, const bm_fleet_fit *fit, uint64_t gpu_bytes, uint64_t reserve)
+static void gpu_table(bm_sbuf *b, const bm_fleet_fit *fit, uint64_t gpu_bytes, uint64_t reserve)
 {
     char s[6][32];
-    out(b, "  %-4s %12s %12s %8s %12s %12s %12s %12s\n", "gpu", "budget", "weights", "layers",
+    bm_sb_printf(b, "  %-4s %12s %12s %8s %12s %12s %12s %12s\n", "gpu", "budget", "weights", "layers",
         "KV cache", "workspace*", "reserve", "free*");
     for (int64_t i = 0; i < fit->gpus; i++) {
         const bm_fleet_gpu *g = &fit->gpu[i];
         uint64_t used = g->weights + g->kv + g->workspace + reserve;
-        out(b, "  %-4lld %12s %12s %8d %12s %12s %12s %12s\n", (long long)i, fmt(g->budget, s[0]),
+        bm_sb_printf(b, "  %-4lld %12s %12s %8d %12s %12s %12s %12s\n", (long long)i, fmt(g->budget, s[0]),
             fmt(g->weights, s[1]), g->layers, fmt(g->kv, s[2]), fmt(g->workspace, s[3]),
             fmt(reserve, s[4]), used > gpu_bytes ? "-" : fmt(gpu_bytes - used, s[5]));
     }
@@ -137,7 +103,7 @@ int cmd_fleet(int argc, char **argv)
         {CLI_INT, 0, "batch", &batch, "B", "sequences (default 1)"},
         {CLI_STRING, 0, "dtype", &dtype_text, "D", "dtype of the weights (default: as stored)"},
         {CLI_STRING, 0, "kv-dtype", &kv_text, "D",
-         "dtype of the KV cache (default: the compute dtype)"},
+         "dtype of the KV cache (default float32, as bmplan run keeps it)"},
         {CLI_STRING, 0, "reserve", &reserve_text, "SIZE",
          "kept back on each GPU for the CUDA context (default 1GiB)"},
         {CLI_INT, 0, "max-gpus", &max_gpus, "N", "search no further than N GPUs (default 4096)"},
@@ -265,6 +231,9 @@ int cmd_fleet(int argc, char **argv)
         json_object_set_new(o, "weights_bytes", jint(fit.weights_bytes));
         json_object_set_new(o, "kv_cache_bytes", jint(fit.kv.total_bytes));
         json_object_set_new(o, "kv_rule", json_string(dims.cache_note));
+        json_object_set_new(o, "kv_dtype", json_string(fo.kv_dtype == BM_DTYPE_INVALID
+                                                           ? "float32"
+                                                           : bm_dtype_name(fo.kv_dtype)));
         json_object_set_new(o, "workspace_bytes", jint(fit.ws.total_bytes));
         json_object_set_new(o, "workspace_is_estimate", json_boolean(fit.ws.estimate));
         json_object_set_new(o, "mode", json_string(fixed ? "fixed" : "minimum"));
@@ -284,66 +253,57 @@ int cmd_fleet(int argc, char **argv)
         json_object_set_new(o, "max_memory", json_string(fit.max_memory));
         json_t *map = json_loads(fit.device_map, JSON_DECODE_ANY, NULL);
         json_object_set_new(o, "device_map", map ? map : json_null());
-        text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        text = cli_json_text(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
-        if (text) {
-            size_t l = strlen(text);
-            char *t2 = realloc(text, l + 2);
-            if (t2)
-                memcpy(t2 + l, "\n", 2);
-            else
-                free(text);
-            text = t2;
-        }
     } else {
-        sbuf b = {0};
-        out(&b, "%s on %s (%s each), %s weights, context %llu, batch %llu\n", shown, gpu.label,
+        bm_sbuf b = {0};
+        bm_sb_printf(&b, "%s on %s (%s each), %s weights, context %llu, batch %llu\n", shown, gpu.label,
             fmt(gpu.bytes, s[0]), dt_name, (unsigned long long)fo.context,
             (unsigned long long)fo.batch);
-        out(&b, "  weights %s, KV cache %s, workspace %s per GPU*, reserve %s per GPU\n",
+        bm_sb_printf(&b, "  weights %s, KV cache %s (%s), workspace %s per GPU*, reserve %s per GPU\n",
             fmt(fit.weights_bytes, s[1]), fmt(fit.kv.total_bytes, s[2]),
+            fo.kv_dtype == BM_DTYPE_INVALID ? "float32, as bmplan run" : bm_dtype_name(fo.kv_dtype),
             fmt(fit.ws.total_bytes, s[3]), fmt(fo.reserve_bytes, s[4]));
         if (!fixed)
-            out(&b, "\nminimum: %lld GPU%s hold it resident\n\n", (long long)fit.gpus,
+            bm_sb_printf(&b, "\nminimum: %lld GPU%s hold it resident\n\n", (long long)fit.gpus,
                 fit.gpus == 1 ? "" : "s");
         else if (fit.fits)
-            out(&b, "\n%lld GPU%s hold it resident\n\n", (long long)fit.gpus,
+            bm_sb_printf(&b, "\n%lld GPU%s hold it resident\n\n", (long long)fit.gpus,
                 fit.gpus == 1 ? "" : "s");
         else
-            out(&b, "\n%lld GPU%s do not hold it resident; with offloading:\n\n",
+            bm_sb_printf(&b, "\n%lld GPU%s do not hold it resident; with offloading:\n\n",
                 (long long)fit.gpus, fit.gpus == 1 ? "" : "s");
         gpu_table(&b, &fit, gpu.bytes, fo.reserve_bytes);
         if (fixed) {
-            out(&b, "\n");
+            bm_sb_printf(&b, "\n");
             if (max_ctx)
-                out(&b, "  longest context at batch %llu: %llu tokens%s\n",
+                bm_sb_printf(&b, "  longest context at batch %llu: %llu tokens%s\n",
                     (unsigned long long)fo.batch, (unsigned long long)max_ctx,
                     dims.max_positions && max_ctx == (uint64_t)dims.max_positions
                         ? " (the model's maximum)"
                         : "");
             else
-                out(&b, "  no context keeps it resident at batch %llu\n", (unsigned long long)fo.batch);
+                bm_sb_printf(&b, "  no context keeps it resident at batch %llu\n", (unsigned long long)fo.batch);
             if (max_batch)
-                out(&b, "  largest batch at context %llu: %llu sequences\n",
+                bm_sb_printf(&b, "  largest batch at context %llu: %llu sequences\n",
                     (unsigned long long)fo.context, (unsigned long long)max_batch);
             else
-                out(&b, "  no batch keeps it resident at context %llu\n",
+                bm_sb_printf(&b, "  no batch keeps it resident at context %llu\n",
                     (unsigned long long)fo.context);
             if (!fit.fits)
-                out(&b,
+                bm_sb_printf(&b,
                     "  offloaded: %d module%s, %s on the CPU, %s on disk\n"
                     "  streamed to GPU 0 for every token: %s\n",
                     fit.n_offloaded, fit.n_offloaded == 1 ? "" : "s", fmt(fit.cpu_bytes, s[5]),
                     fmt(fit.disk_bytes, s[6]), fmt(fit.stream_per_token, s[7]));
         }
-        out(&b, "\n  the same map: bmplan plan %s%s%s --max-memory %s\n", shown,
+        bm_sb_printf(&b, "\n  the same map: bmplan plan %s%s%s --max-memory %s\n", shown,
             fo.dtype != BM_DTYPE_INVALID ? " --dtype " : "",
             fo.dtype != BM_DTYPE_INVALID ? dt_name : "", fit.max_memory);
-        out(&b, "* estimate: workspace (activations of one forward pass over the context);\n"
-                "  weights, KV cache and the map are exact.\n");
-        if (b.failed)
-            free(b.p);
-        text = b.failed ? NULL : b.p;
+        bm_sb_printf(&b, "* estimate: workspace (bmplan run's float32 activations by its allocation\n"
+                "  rules, a prompt as long as the context); weights, KV cache and the map are\n"
+                "  exact.\n");
+        text = bm_sb_finish(&b, NULL);
     }
     bm_fleet_fit_free(&fit);
     bm_model_close(model);

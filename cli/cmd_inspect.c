@@ -25,19 +25,6 @@ struct dtype_total {
     uint64_t tensors, elements, bits;
 };
 
-static void commas(uint64_t v, char *buf, size_t len)
-{
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
-    size_t o = 0;
-    for (int i = 0; i < n && o + 2 < len; i++) {
-        if (i && (n - i) % 3 == 0)
-            buf[o++] = ',';
-        buf[o++] = tmp[i];
-    }
-    buf[o] = 0;
-}
-
 static uint64_t module_params(const bm_tree *t, int32_t m)
 {
     uint64_t n = 0;
@@ -76,7 +63,7 @@ static void print_rows(const bm_tree *t, const uint64_t *mb, int32_t m, int dept
     const bm_module *mod = &t->modules[m];
     char size[32], params[32], label[300];
     bm_size_format_bits(mb[m], size, sizeof size);
-    commas(module_params(t, m), params, sizeof params);
+    bm_count_format(module_params(t, m), params, sizeof params);
     snprintf(label, sizeof label, "%*s%s", depth * 2, "", m == 0 ? "(model)" : mod->local);
     printf("  %-44s %-28.28s %15s %12s\n", label, mod->cls, params, size);
     if (depth >= max_depth)
@@ -85,7 +72,7 @@ static void print_rows(const bm_tree *t, const uint64_t *mb, int32_t m, int dept
         int32_t c = mod->first_child;
         char each[32], lab[300], cls[64];
         bm_size_format_bits(mb[c], each, sizeof each);
-        commas(module_params(t, c), params, sizeof params);
+        bm_count_format(module_params(t, c), params, sizeof params);
         snprintf(lab, sizeof lab, "%*s0..%d", (depth + 1) * 2, "", mod->n_children - 1);
         snprintf(cls, sizeof cls, "%d x %s", mod->n_children, t->modules[c].cls);
         printf("  %-44s %-28.28s %15s %12s each\n", lab, cls, params, each);
@@ -256,14 +243,14 @@ int cmd_inspect(int argc, char **argv)
         printf("model:       %s%s%s\n", t->name ? t->name : "(unnamed)",
                t->arch ? "  arch: " : "", t->arch ? t->arch : "");
         printf("source:      %s\n", model->graph_source);
-        commas(nparams, buf, sizeof buf);
+        bm_count_format(nparams, buf, sizeof buf);
         printf("parameters:  %s\n", buf);
         printf("size:        %s (%d modules, %d tensors)\n", bm_size_format_bits(mb[0], buf2, sizeof buf2),
                t->n_modules, t->n_tensors);
         for (int d = 1; d < BM_DTYPE_COUNT_; d++) {
             if (!totals[d].tensors)
                 continue;
-            commas(totals[d].elements, buf, sizeof buf);
+            bm_count_format(totals[d].elements, buf, sizeof buf);
             printf("  %-13s %6llu tensors %18s elements %12s\n", bm_dtype_name((bm_dtype)d),
                    (unsigned long long)totals[d].tensors, buf,
                    bm_size_format_bits(totals[d].bits, buf2, sizeof buf2));

@@ -421,7 +421,7 @@ int cmd_run(int argc, char **argv)
                          .map = entries, .n_map = n_map, .main_device = main_device,
                          .gpu_budget = gpu_budget, .n_gpu_budgets = n_gpu,
                          .cpu_budget = cpu_budget, .offload = offload, .prefetch = !no_prefetch,
-                         .offload_buffers = offload_buffers};
+                         .offload_buffers = offload_buffers, .report = report != NULL};
     if (bm_runner_open(model, &ro, &runner, &err) != BM_OK ||
         bm_runner_run(runner, ids, n_ids, generate, all_logits, &res, &err) != BM_OK) {
         cli_fail(cmd, &err);

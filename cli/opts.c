@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,4 +226,19 @@ int cli_write_output(const char *cmd, const char *path, const char *text, size_t
     if (bm_write_file_atomic(path, text, len, &err))
         return cli_fail(cmd, &err);
     return CLI_EXIT_OK;
+}
+
+char *cli_json_text(const void *json, size_t flags)
+{
+    char *text = json_dumps((const json_t *)json, flags);
+    if (!text)
+        return NULL;
+    size_t len = strlen(text);
+    char *t2 = realloc(text, len + 2);
+    if (!t2) {
+        free(text);
+        return NULL;
+    }
+    memcpy(t2 + len, "\n", 2);
+    return t2;
 }

@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -579,26 +578,6 @@ void bm_checkpoint_close(bm_checkpoint *ck)
     free(ck);
 }
 
-static char *dir_name(const char *path)
-{
-    char *c = strdup(path);
-    if (!c)
-        return NULL;
-    char *d = strdup(dirname(c));
-    free(c);
-    return d;
-}
-
-static char *base_name(const char *path)
-{
-    char *c = strdup(path);
-    if (!c)
-        return NULL;
-    char *b = strdup(basename(c));
-    free(c);
-    return b;
-}
-
 static bm_status add_file(bm_checkpoint *ck, char *path, char *name, bm_error *err)
 {
     if (!path || !name) {
@@ -619,7 +598,7 @@ static bm_status open_single(bm_checkpoint *ck, const char *path, bm_error *err)
     ck->files = calloc(1, sizeof *ck->files);
     if (!ck->files)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
-    bm_status st = add_file(ck, strdup(path), base_name(path), err);
+    bm_status st = add_file(ck, strdup(path), bm_path_basename(path), err);
     if (!st)
         st = readers[ck->files[0].kind](ck, 0, err);
     return st;
@@ -776,7 +755,7 @@ bm_status bm_checkpoint_open_ex(const char *path, const bm_ckpt_open_opts *opts,
                      "containing a sharded checkpoint or the whole state dict, but got %s.",
                      path);
     }
-    if (!st && !(ck->folder = dir_name(file)))
+    if (!st && !(ck->folder = bm_path_dirname(file)))
         st = bm_fail(err, BM_E_NOMEM, "out of memory");
     if (!st)
         st = is_index ? open_index(ck, file, err) : open_single(ck, file, err);

@@ -21,6 +21,7 @@
  * byte-for-byte reproducible across library versions.
  */
 #include "graph.h"
+#include "sbuf.h"
 #include "strtab.h"
 
 #include <jansson.h>
@@ -1392,55 +1393,19 @@ bm_status bm_graph_load(const char *path, bm_tree **out, bm_error *err)
  * 1024 characters ahead for the ':' of an implicit key. */
 #define YAML_IMPLICIT_KEY_MAX 200
 
-struct sb {
-    char *p;
-    size_t n, cap;
-    bool oom;
-};
-
-static void sb_add(struct sb *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (!grow((void **)&b->p, &b->cap, b->n + n + 1, 1)) {
-        b->oom = true;
-        return;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(struct sb *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
-static void sb_fmt(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fmt(struct sb *b, const char *fmt, ...)
-{
-    char buf[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_add(b, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-static void sb_indent(struct sb *b, int n)
+static void sb_indent(bm_sbuf *b, int n)
 {
     static const char spaces[] = "                                ";
     while (n > 0) {
         int k = n < 32 ? n : 32;
-        sb_add(b, spaces, (size_t)k);
+        bm_sb_add(b, spaces, (size_t)k);
         n -= k;
     }
 }
 
 struct gw {
     const bm_tree *t;
-    struct sb b;
+    bm_sbuf b;
     uint64_t *hash; /* structure of each module's subtree */
     int32_t *rep;   /* N when the module's children are written as repeat N */
     bm_error *err;
@@ -1539,12 +1504,12 @@ static bool yaml_plain_ok(const char *s)
 static void y_scalar(struct gw *w, const char *s)
 {
     if (yaml_plain_ok(s)) {
-        sb_str(&w->b, s);
+        bm_sb_str(&w->b, s);
         return;
     }
     if (!check_utf8(w, s))
         return;
-    sb_add(&w->b, "\"", 1);
+    bm_sb_add(&w->b, "\"", 1);
     size_t n = strlen(s), i = 0;
     while (i < n) {
         size_t start = i;
@@ -1552,37 +1517,37 @@ static void y_scalar(struct gw *w, const char *s)
         utf8_next((const unsigned char *)s, n, &i, &cp);
         switch (cp) {
         case '"':
-            sb_str(&w->b, "\\\"");
+            bm_sb_str(&w->b, "\\\"");
             break;
         case '\\':
-            sb_str(&w->b, "\\\\");
+            bm_sb_str(&w->b, "\\\\");
             break;
         case '\n':
-            sb_str(&w->b, "\\n");
+            bm_sb_str(&w->b, "\\n");
             break;
         case '\t':
-            sb_str(&w->b, "\\t");
+            bm_sb_str(&w->b, "\\t");
             break;
         case '\r':
-            sb_str(&w->b, "\\r");
+            bm_sb_str(&w->b, "\\r");
             break;
         case 0x2028:
-            sb_str(&w->b, "\\L");
+            bm_sb_str(&w->b, "\\L");
             break;
         case 0x2029:
-            sb_str(&w->b, "\\P");
+            bm_sb_str(&w->b, "\\P");
             break;
         default:
             /* what YAML does not allow raw in a document, or would fold */
             if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
-                sb_fmt(&w->b, "\\x%02X", (unsigned)cp);
+                bm_sb_printf(&w->b, "\\x%02X", (unsigned)cp);
             else if (cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF)
-                sb_fmt(&w->b, "\\u%04X", (unsigned)cp);
+                bm_sb_printf(&w->b, "\\u%04X", (unsigned)cp);
             else
-                sb_add(&w->b, s + start, i - start);
+                bm_sb_add(&w->b, s + start, i - start);
         }
     }
-    sb_add(&w->b, "\"", 1);
+    bm_sb_add(&w->b, "\"", 1);
 }
 
 /* "KEY:" at indentation ind; the caller writes " value\n" or "\n" and a
@@ -1591,25 +1556,25 @@ static void y_key(struct gw *w, const char *k, int ind)
 {
     sb_indent(&w->b, ind);
     if (strlen(k) > YAML_IMPLICIT_KEY_MAX) {
-        sb_str(&w->b, "? ");
+        bm_sb_str(&w->b, "? ");
         y_scalar(w, k);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         sb_indent(&w->b, ind);
-        sb_add(&w->b, ":", 1);
+        bm_sb_add(&w->b, ":", 1);
         return;
     }
     y_scalar(w, k);
-    sb_add(&w->b, ":", 1);
+    bm_sb_add(&w->b, ":", 1);
 }
 
 static void w_number(struct gw *w, json_t *v)
 {
     char buf[64];
     if (json_is_integer(v)) {
-        sb_fmt(&w->b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        bm_sb_printf(&w->b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
     } else {
         format_real(json_real_value(v), buf, sizeof buf);
-        sb_str(&w->b, buf);
+        bm_sb_str(&w->b, buf);
     }
 }
 
@@ -1628,7 +1593,7 @@ static void y_json_scalar(struct gw *w, json_t *v)
     } else if (json_is_number(v)) {
         w_number(w, v);
     } else {
-        sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
+        bm_sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
     }
 }
 
@@ -1642,10 +1607,10 @@ static void y_json(struct gw *w, json_t *v, int ind, int depth)
     }
     if (json_is_object(v)) {
         if (json_object_size(v) == 0) {
-            sb_str(&w->b, " {}\n");
+            bm_sb_str(&w->b, " {}\n");
             return;
         }
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         for (void *it = json_object_iter(v); it && !w->st; it = json_object_iter_next(v, it)) {
             const char *k = json_object_iter_key(it);
             if (strlen(k) != json_object_iter_key_len(it)) {
@@ -1661,34 +1626,34 @@ static void y_json(struct gw *w, json_t *v, int ind, int depth)
         for (size_t i = 0; i < n; i++)
             flat = flat && json_is_scalar(json_array_get(v, i));
         if (flat) {
-            sb_str(&w->b, " [");
+            bm_sb_str(&w->b, " [");
             for (size_t i = 0; i < n; i++) {
                 if (i)
-                    sb_str(&w->b, ", ");
+                    bm_sb_str(&w->b, ", ");
                 y_json_scalar(w, json_array_get(v, i));
             }
-            sb_str(&w->b, "]\n");
+            bm_sb_str(&w->b, "]\n");
             return;
         }
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         for (size_t i = 0; i < n && !w->st; i++) {
             sb_indent(&w->b, ind);
-            sb_add(&w->b, "-", 1);
+            bm_sb_add(&w->b, "-", 1);
             y_json(w, json_array_get(v, i), ind + 2, depth + 1);
         }
     } else {
-        sb_add(&w->b, " ", 1);
+        bm_sb_add(&w->b, " ", 1);
         y_json_scalar(w, v);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
     }
 }
 
 static void w_shape(struct gw *w, const bm_tensor *t)
 {
-    sb_add(&w->b, "[", 1);
+    bm_sb_add(&w->b, "[", 1);
     for (int i = 0; i < t->ndim; i++)
-        sb_fmt(&w->b, i ? ", %" PRId64 : "%" PRId64, t->shape[i]);
-    sb_add(&w->b, "]", 1);
+        bm_sb_printf(&w->b, i ? ", %" PRId64 : "%" PRId64, t->shape[i]);
+    bm_sb_add(&w->b, "]", 1);
 }
 
 static bool short_form(const struct gw *w, const bm_tensor *t)
@@ -1702,12 +1667,12 @@ static void y_tensor(struct gw *w, const bm_tensor *t)
         w_shape(w, t);
         return;
     }
-    sb_str(&w->b, "{shape: ");
+    bm_sb_str(&w->b, "{shape: ");
     w_shape(w, t);
-    sb_fmt(&w->b, ", dtype: %s", bm_dtype_name(t->dtype));
+    bm_sb_printf(&w->b, ", dtype: %s", bm_dtype_name(t->dtype));
     if (t->is_buffer && !t->persistent)
-        sb_str(&w->b, ", persistent: false");
-    sb_add(&w->b, "}", 1);
+        bm_sb_str(&w->b, ", persistent: false");
+    bm_sb_add(&w->b, "}", 1);
 }
 
 /* A module without children is written on one line, {class: X, params:
@@ -1721,26 +1686,26 @@ static void y_tensor_group(struct gw *w, const bm_module *m, bool buffers, int i
     if (!n)
         return;
     if (flow) {
-        sb_str(&w->b, buffers ? ", buffers: {" : ", params: {");
+        bm_sb_str(&w->b, buffers ? ", buffers: {" : ", params: {");
         for (int32_t i = 0; i < n; i++) {
             const bm_tensor *t = &w->t->tensors[first + i];
             if (i)
-                sb_str(&w->b, ", ");
+                bm_sb_str(&w->b, ", ");
             y_scalar(w, t->local);
-            sb_str(&w->b, ": ");
+            bm_sb_str(&w->b, ": ");
             y_tensor(w, t);
         }
-        sb_add(&w->b, "}", 1);
+        bm_sb_add(&w->b, "}", 1);
         return;
     }
     sb_indent(&w->b, ind);
-    sb_str(&w->b, buffers ? "buffers:\n" : "params:\n");
+    bm_sb_str(&w->b, buffers ? "buffers:\n" : "params:\n");
     for (int32_t i = 0; i < n; i++) {
         const bm_tensor *t = &w->t->tensors[first + i];
         y_key(w, t->local, ind + 2);
-        sb_add(&w->b, " ", 1);
+        bm_sb_add(&w->b, " ", 1);
         y_tensor(w, t);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
     }
 }
 
@@ -1752,31 +1717,31 @@ static void y_module(struct gw *w, int32_t mi, int ind)
         return;
     if (!m->n_children) {
         size_t mark = w->b.n;
-        sb_str(&w->b, " {class: ");
+        bm_sb_str(&w->b, " {class: ");
         y_scalar(w, m->cls);
         y_tensor_group(w, m, false, 0, true);
         y_tensor_group(w, m, true, 0, true);
-        sb_str(&w->b, "}\n");
+        bm_sb_str(&w->b, "}\n");
         if (w->b.oom || w->b.n - mark <= FLOW_MODULE_MAX)
             return;
         w->b.n = mark;
     }
-    sb_add(&w->b, "\n", 1);
+    bm_sb_add(&w->b, "\n", 1);
     sb_indent(&w->b, ind);
-    sb_str(&w->b, "class: ");
+    bm_sb_str(&w->b, "class: ");
     y_scalar(w, m->cls);
-    sb_add(&w->b, "\n", 1);
+    bm_sb_add(&w->b, "\n", 1);
     y_tensor_group(w, m, false, ind, false);
     y_tensor_group(w, m, true, ind, false);
     if (w->rep[mi]) {
         sb_indent(&w->b, ind);
-        sb_fmt(&w->b, "repeat: %" PRId32 "\n", w->rep[mi]);
+        bm_sb_printf(&w->b, "repeat: %" PRId32 "\n", w->rep[mi]);
         sb_indent(&w->b, ind);
-        sb_str(&w->b, "template:");
+        bm_sb_str(&w->b, "template:");
         y_module(w, m->first_child, ind + 2);
     } else if (m->n_children) {
         sb_indent(&w->b, ind);
-        sb_str(&w->b, "modules:\n");
+        bm_sb_str(&w->b, "modules:\n");
         for (int32_t c = m->first_child; c != BM_NONE; c = w->t->modules[c].next_sibling) {
             y_key(w, w->t->modules[c].local, ind + 2);
             y_module(w, c, ind + 4);
@@ -1786,52 +1751,52 @@ static void y_module(struct gw *w, int32_t mi, int ind)
 
 static void y_flow_names(struct gw *w, int n, const char *const *names)
 {
-    sb_add(&w->b, "[", 1);
+    bm_sb_add(&w->b, "[", 1);
     for (int i = 0; i < n; i++) {
         if (i)
-            sb_str(&w->b, ", ");
+            bm_sb_str(&w->b, ", ");
         y_scalar(w, names[i]);
     }
-    sb_add(&w->b, "]", 1);
+    bm_sb_add(&w->b, "]", 1);
 }
 
 static void write_yaml(struct gw *w)
 {
     const bm_tree *t = w->t;
-    sb_str(&w->b, "format: " FORMAT_NAME "\n");
+    bm_sb_str(&w->b, "format: " FORMAT_NAME "\n");
     if (t->name) {
-        sb_str(&w->b, "name: ");
+        bm_sb_str(&w->b, "name: ");
         y_scalar(w, t->name);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
     }
     if (t->arch) {
-        sb_str(&w->b, "arch: ");
+        bm_sb_str(&w->b, "arch: ");
         y_scalar(w, t->arch);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
     }
     if (t->config) {
-        sb_str(&w->b, "config:");
+        bm_sb_str(&w->b, "config:");
         y_json(w, t->config, 2, 1);
     }
-    sb_fmt(&w->b, "dtype: %s\n", bm_dtype_name(t->dtype));
+    bm_sb_printf(&w->b, "dtype: %s\n", bm_dtype_name(t->dtype));
     if (t->has_no_split) {
-        sb_str(&w->b, "no_split_modules: ");
+        bm_sb_str(&w->b, "no_split_modules: ");
         y_flow_names(w, t->n_no_split, (const char *const *)t->no_split);
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
     }
     if (t->n_ties) {
-        sb_str(&w->b, "tied:\n");
+        bm_sb_str(&w->b, "tied:\n");
         for (int32_t g = 0; g < t->n_ties; g++) {
-            sb_str(&w->b, "  - [");
+            bm_sb_str(&w->b, "  - [");
             for (int32_t i = 0; i < t->ties[g].n; i++) {
                 if (i)
-                    sb_str(&w->b, ", ");
+                    bm_sb_str(&w->b, ", ");
                 y_scalar(w, t->tensors[t->ties[g].tensors[i]].name);
             }
-            sb_str(&w->b, "]\n");
+            bm_sb_str(&w->b, "]\n");
         }
     }
-    sb_str(&w->b, "root:");
+    bm_sb_str(&w->b, "root:");
     y_module(w, 0, 2);
 }
 
@@ -1841,33 +1806,33 @@ static void j_string(struct gw *w, const char *s)
 {
     if (!check_utf8(w, s))
         return;
-    sb_add(&w->b, "\"", 1);
+    bm_sb_add(&w->b, "\"", 1);
     for (const char *p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
         switch (c) {
         case '"':
-            sb_str(&w->b, "\\\"");
+            bm_sb_str(&w->b, "\\\"");
             break;
         case '\\':
-            sb_str(&w->b, "\\\\");
+            bm_sb_str(&w->b, "\\\\");
             break;
         case '\n':
-            sb_str(&w->b, "\\n");
+            bm_sb_str(&w->b, "\\n");
             break;
         case '\t':
-            sb_str(&w->b, "\\t");
+            bm_sb_str(&w->b, "\\t");
             break;
         case '\r':
-            sb_str(&w->b, "\\r");
+            bm_sb_str(&w->b, "\\r");
             break;
         default:
             if (c < 0x20)
-                sb_fmt(&w->b, "\\u%04x", c);
+                bm_sb_printf(&w->b, "\\u%04x", c);
             else
-                sb_add(&w->b, p, 1);
+                bm_sb_add(&w->b, p, 1);
         }
     }
-    sb_add(&w->b, "\"", 1);
+    bm_sb_add(&w->b, "\"", 1);
 }
 
 static void j_json(struct gw *w, json_t *v, int ind, int depth)
@@ -1879,10 +1844,10 @@ static void j_json(struct gw *w, json_t *v, int ind, int depth)
     }
     if (json_is_object(v)) {
         if (json_object_size(v) == 0) {
-            sb_str(&w->b, "{}");
+            bm_sb_str(&w->b, "{}");
             return;
         }
-        sb_str(&w->b, "{\n");
+        bm_sb_str(&w->b, "{\n");
         bool first = true;
         for (void *it = json_object_iter(v); it && !w->st; it = json_object_iter_next(v, it)) {
             const char *k = json_object_iter_key(it);
@@ -1891,34 +1856,34 @@ static void j_json(struct gw *w, json_t *v, int ind, int depth)
                 return;
             }
             if (!first)
-                sb_str(&w->b, ",\n");
+                bm_sb_str(&w->b, ",\n");
             first = false;
             sb_indent(&w->b, ind + 2);
             j_string(w, k);
-            sb_str(&w->b, ": ");
+            bm_sb_str(&w->b, ": ");
             j_json(w, json_object_iter_value(it), ind + 2, depth + 1);
         }
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         sb_indent(&w->b, ind);
-        sb_add(&w->b, "}", 1);
+        bm_sb_add(&w->b, "}", 1);
     } else if (json_is_array(v)) {
         size_t n = json_array_size(v);
         bool flat = true;
         for (size_t i = 0; i < n; i++)
             flat = flat && json_is_scalar(json_array_get(v, i));
-        sb_str(&w->b, flat ? "[" : "[\n");
+        bm_sb_str(&w->b, flat ? "[" : "[\n");
         for (size_t i = 0; i < n && !w->st; i++) {
             if (i)
-                sb_str(&w->b, flat ? ", " : ",\n");
+                bm_sb_str(&w->b, flat ? ", " : ",\n");
             if (!flat)
                 sb_indent(&w->b, ind + 2);
             j_json(w, json_array_get(v, i), ind + 2, depth + 1);
         }
         if (!flat) {
-            sb_add(&w->b, "\n", 1);
+            bm_sb_add(&w->b, "\n", 1);
             sb_indent(&w->b, ind);
         }
-        sb_add(&w->b, "]", 1);
+        bm_sb_add(&w->b, "]", 1);
     } else if (json_is_string(v)) {
         if (strlen(json_string_value(v)) != json_string_length(v))
             gw_fail(w, BM_E_INVALID, "a string in 'config' holds a NUL character");
@@ -1927,7 +1892,7 @@ static void j_json(struct gw *w, json_t *v, int ind, int depth)
     } else if (json_is_number(v)) {
         w_number(w, v);
     } else {
-        sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
+        bm_sb_str(&w->b, json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null");
     }
 }
 
@@ -1937,12 +1902,12 @@ static void j_tensor(struct gw *w, const bm_tensor *t)
         w_shape(w, t);
         return;
     }
-    sb_str(&w->b, "{\"shape\": ");
+    bm_sb_str(&w->b, "{\"shape\": ");
     w_shape(w, t);
-    sb_fmt(&w->b, ", \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
+    bm_sb_printf(&w->b, ", \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
     if (t->is_buffer && !t->persistent)
-        sb_str(&w->b, ", \"persistent\": false");
-    sb_add(&w->b, "}", 1);
+        bm_sb_str(&w->b, ", \"persistent\": false");
+    bm_sb_add(&w->b, "}", 1);
 }
 
 static void j_tensor_group(struct gw *w, const bm_module *m, bool buffers, int ind,
@@ -1953,32 +1918,32 @@ static void j_tensor_group(struct gw *w, const bm_module *m, bool buffers, int i
     if (!n)
         return;
     if (!flow) {
-        sb_str(&w->b, ",\n");
+        bm_sb_str(&w->b, ",\n");
         sb_indent(&w->b, ind);
     } else {
-        sb_str(&w->b, ", ");
+        bm_sb_str(&w->b, ", ");
     }
-    sb_str(&w->b, buffers ? "\"buffers\": {" : "\"params\": {");
+    bm_sb_str(&w->b, buffers ? "\"buffers\": {" : "\"params\": {");
     for (int32_t i = 0; i < n; i++) {
         const bm_tensor *t = &w->t->tensors[first + i];
         if (i)
-            sb_add(&w->b, ",", 1);
+            bm_sb_add(&w->b, ",", 1);
         if (flow) {
             if (i)
-                sb_add(&w->b, " ", 1);
+                bm_sb_add(&w->b, " ", 1);
         } else {
-            sb_add(&w->b, "\n", 1);
+            bm_sb_add(&w->b, "\n", 1);
             sb_indent(&w->b, ind + 2);
         }
         j_string(w, t->local);
-        sb_str(&w->b, ": ");
+        bm_sb_str(&w->b, ": ");
         j_tensor(w, t);
     }
     if (!flow) {
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         sb_indent(&w->b, ind);
     }
-    sb_add(&w->b, "}", 1);
+    bm_sb_add(&w->b, "}", 1);
 }
 
 /* Module mi as a JSON value whose closing brace is at indentation ind. */
@@ -1989,90 +1954,90 @@ static void j_module(struct gw *w, int32_t mi, int ind)
         return;
     if (!m->n_children) {
         size_t mark = w->b.n;
-        sb_str(&w->b, "{\"class\": ");
+        bm_sb_str(&w->b, "{\"class\": ");
         j_string(w, m->cls);
         j_tensor_group(w, m, false, 0, true);
         j_tensor_group(w, m, true, 0, true);
-        sb_add(&w->b, "}", 1);
+        bm_sb_add(&w->b, "}", 1);
         if (w->b.oom || w->b.n - mark <= FLOW_MODULE_MAX)
             return;
         w->b.n = mark;
     }
-    sb_str(&w->b, "{\n");
+    bm_sb_str(&w->b, "{\n");
     sb_indent(&w->b, ind + 2);
-    sb_str(&w->b, "\"class\": ");
+    bm_sb_str(&w->b, "\"class\": ");
     j_string(w, m->cls);
     j_tensor_group(w, m, false, ind + 2, false);
     j_tensor_group(w, m, true, ind + 2, false);
     if (w->rep[mi]) {
-        sb_str(&w->b, ",\n");
+        bm_sb_str(&w->b, ",\n");
         sb_indent(&w->b, ind + 2);
-        sb_fmt(&w->b, "\"repeat\": %" PRId32 ",\n", w->rep[mi]);
+        bm_sb_printf(&w->b, "\"repeat\": %" PRId32 ",\n", w->rep[mi]);
         sb_indent(&w->b, ind + 2);
-        sb_str(&w->b, "\"template\": ");
+        bm_sb_str(&w->b, "\"template\": ");
         j_module(w, m->first_child, ind + 2);
     } else if (m->n_children) {
-        sb_str(&w->b, ",\n");
+        bm_sb_str(&w->b, ",\n");
         sb_indent(&w->b, ind + 2);
-        sb_str(&w->b, "\"modules\": {");
+        bm_sb_str(&w->b, "\"modules\": {");
         for (int32_t c = m->first_child; c != BM_NONE; c = w->t->modules[c].next_sibling) {
-            sb_str(&w->b, c == m->first_child ? "\n" : ",\n");
+            bm_sb_str(&w->b, c == m->first_child ? "\n" : ",\n");
             sb_indent(&w->b, ind + 4);
             j_string(w, w->t->modules[c].local);
-            sb_str(&w->b, ": ");
+            bm_sb_str(&w->b, ": ");
             j_module(w, c, ind + 4);
         }
-        sb_add(&w->b, "\n", 1);
+        bm_sb_add(&w->b, "\n", 1);
         sb_indent(&w->b, ind + 2);
-        sb_add(&w->b, "}", 1);
+        bm_sb_add(&w->b, "}", 1);
     }
-    sb_add(&w->b, "\n", 1);
+    bm_sb_add(&w->b, "\n", 1);
     sb_indent(&w->b, ind);
-    sb_add(&w->b, "}", 1);
+    bm_sb_add(&w->b, "}", 1);
 }
 
 static void write_json(struct gw *w)
 {
     const bm_tree *t = w->t;
-    sb_str(&w->b, "{\n  \"format\": \"" FORMAT_NAME "\"");
+    bm_sb_str(&w->b, "{\n  \"format\": \"" FORMAT_NAME "\"");
     if (t->name) {
-        sb_str(&w->b, ",\n  \"name\": ");
+        bm_sb_str(&w->b, ",\n  \"name\": ");
         j_string(w, t->name);
     }
     if (t->arch) {
-        sb_str(&w->b, ",\n  \"arch\": ");
+        bm_sb_str(&w->b, ",\n  \"arch\": ");
         j_string(w, t->arch);
     }
     if (t->config) {
-        sb_str(&w->b, ",\n  \"config\": ");
+        bm_sb_str(&w->b, ",\n  \"config\": ");
         j_json(w, t->config, 2, 1);
     }
-    sb_fmt(&w->b, ",\n  \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
+    bm_sb_printf(&w->b, ",\n  \"dtype\": \"%s\"", bm_dtype_name(t->dtype));
     if (t->has_no_split) {
-        sb_str(&w->b, ",\n  \"no_split_modules\": [");
+        bm_sb_str(&w->b, ",\n  \"no_split_modules\": [");
         for (int32_t i = 0; i < t->n_no_split; i++) {
             if (i)
-                sb_str(&w->b, ", ");
+                bm_sb_str(&w->b, ", ");
             j_string(w, t->no_split[i]);
         }
-        sb_add(&w->b, "]", 1);
+        bm_sb_add(&w->b, "]", 1);
     }
     if (t->n_ties) {
-        sb_str(&w->b, ",\n  \"tied\": [");
+        bm_sb_str(&w->b, ",\n  \"tied\": [");
         for (int32_t g = 0; g < t->n_ties; g++) {
-            sb_str(&w->b, g ? ",\n    [" : "\n    [");
+            bm_sb_str(&w->b, g ? ",\n    [" : "\n    [");
             for (int32_t i = 0; i < t->ties[g].n; i++) {
                 if (i)
-                    sb_str(&w->b, ", ");
+                    bm_sb_str(&w->b, ", ");
                 j_string(w, t->tensors[t->ties[g].tensors[i]].name);
             }
-            sb_add(&w->b, "]", 1);
+            bm_sb_add(&w->b, "]", 1);
         }
-        sb_str(&w->b, "\n  ]");
+        bm_sb_str(&w->b, "\n  ]");
     }
-    sb_str(&w->b, ",\n  \"root\": ");
+    bm_sb_str(&w->b, ",\n  \"root\": ");
     j_module(w, 0, 2);
-    sb_str(&w->b, "\n}\n");
+    bm_sb_str(&w->b, "\n}\n");
 }
 
 /* --- repeat detection --- */

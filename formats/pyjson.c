@@ -3,49 +3,18 @@
  * those of CPython's Lib/json/encoder.py and float_repr_style 'short'.
  */
 #include "pyjson.h"
+#include "sbuf.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + n + 1)
-            nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void puts_(sbuf *b, const char *s)
-{
-    put(b, s, strlen(s));
-}
-
-static void put_u16(sbuf *b, unsigned cp)
+static void put_u16(bm_sbuf *b, unsigned cp)
 {
     char t[8];
     snprintf(t, sizeof t, "\\u%04x", cp);
-    put(b, t, 6);
+    bm_sb_add(b, t, 6);
 }
 
 /* Decode one UTF-8 sequence (strict: no overlongs, no surrogates). */
@@ -79,9 +48,9 @@ static int utf8_next(const unsigned char *s, size_t n, unsigned *cp)
     return len;
 }
 
-static bool put_string(sbuf *b, const char *s, size_t n)
+static bool put_string(bm_sbuf *b, const char *s, size_t n)
 {
-    put(b, "\"", 1);
+    bm_sb_add(b, "\"", 1);
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {
@@ -90,18 +59,18 @@ static bool put_string(sbuf *b, const char *s, size_t n)
             size_t j = i;
             while (j < n && u[j] >= 0x20 && u[j] <= 0x7E && u[j] != '"' && u[j] != '\\')
                 j++;
-            put(b, s + i, j - i);
+            bm_sb_add(b, s + i, j - i);
             i = j;
             continue;
         }
         switch (c) {
-        case '"': puts_(b, "\\\""); i++; continue;
-        case '\\': puts_(b, "\\\\"); i++; continue;
-        case '\n': puts_(b, "\\n"); i++; continue;
-        case '\r': puts_(b, "\\r"); i++; continue;
-        case '\t': puts_(b, "\\t"); i++; continue;
-        case '\b': puts_(b, "\\b"); i++; continue;
-        case '\f': puts_(b, "\\f"); i++; continue;
+        case '"': bm_sb_str(b, "\\\""); i++; continue;
+        case '\\': bm_sb_str(b, "\\\\"); i++; continue;
+        case '\n': bm_sb_str(b, "\\n"); i++; continue;
+        case '\r': bm_sb_str(b, "\\r"); i++; continue;
+        case '\t': bm_sb_str(b, "\\t"); i++; continue;
+        case '\b': bm_sb_str(b, "\\b"); i++; continue;
+        case '\f': bm_sb_str(b, "\\f"); i++; continue;
         default: break;
         }
         unsigned cp;
@@ -117,89 +86,27 @@ static bool put_string(sbuf *b, const char *s, size_t n)
         }
         i += (size_t)len;
     }
-    put(b, "\"", 1);
+    bm_sb_add(b, "\"", 1);
     return true;
 }
 
-/* Python's repr(float): the shortest digits that round-trip, fixed
- * notation when the decimal point position is in (-4, 16], else
- * exponent notation with a sign and at least two exponent digits. */
-static void put_float(sbuf *b, double v)
+/* Python's json.dumps of a float: repr(), with JavaScript's names for the
+ * values JSON has none for. */
+static void put_float(bm_sbuf *b, double v)
 {
-    if (isnan(v)) {
-        puts_(b, "NaN");
-        return;
-    }
-    if (isinf(v)) {
-        puts_(b, v < 0 ? "-Infinity" : "Infinity");
-        return;
-    }
-    char e[64];
-    for (int prec = 0; prec < 17; prec++) {
-        snprintf(e, sizeof e, "%.*e", prec, v);
-        if (strtod(e, NULL) == v)
-            break;
-    }
-    /* e = "[-]d[.ddd]e[+-]XX" */
-    const char *p = e;
-    bool neg = *p == '-';
-    if (neg)
-        p++;
-    char digits[32];
-    int nd = 0;
-    for (; *p && *p != 'e'; p++)
-        if (*p != '.')
-            digits[nd++] = *p;
-    int exp10 = atoi(p + 1);
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    digits[nd] = 0;
-    int decpt = exp10 + 1;
-    char out[64];
-    int o = 0;
-    if (neg)
-        out[o++] = '-';
-    if (decpt > -4 && decpt <= 16) {
-        if (decpt <= 0) {
-            out[o++] = '0';
-            out[o++] = '.';
-            for (int i = 0; i < -decpt; i++)
-                out[o++] = '0';
-            memcpy(out + o, digits, (size_t)nd);
-            o += nd;
-        } else if (decpt >= nd) {
-            memcpy(out + o, digits, (size_t)nd);
-            o += nd;
-            for (int i = nd; i < decpt; i++)
-                out[o++] = '0';
-            out[o++] = '.';
-            out[o++] = '0';
-        } else {
-            memcpy(out + o, digits, (size_t)decpt);
-            o += decpt;
-            out[o++] = '.';
-            memcpy(out + o, digits + decpt, (size_t)(nd - decpt));
-            o += nd - decpt;
-        }
-        out[o] = 0;
-    } else {
-        out[o++] = digits[0];
-        if (nd > 1) {
-            out[o++] = '.';
-            memcpy(out + o, digits + 1, (size_t)(nd - 1));
-            o += nd - 1;
-        }
-        snprintf(out + o, sizeof out - (size_t)o, "e%c%02d", decpt - 1 < 0 ? '-' : '+',
-                 abs(decpt - 1));
-    }
-    puts_(b, out);
+    if (isnan(v))
+        bm_sb_str(b, "NaN");
+    else if (isinf(v))
+        bm_sb_str(b, v < 0 ? "-Infinity" : "Infinity");
+    else
+        bm_sb_pyfloat(b, v);
 }
 
-static void newline(sbuf *b, int indent, int level)
+static void newline(bm_sbuf *b, int indent, int level)
 {
-    put(b, "\n", 1);
+    bm_sb_add(b, "\n", 1);
     for (int i = 0; i < indent * level; i++)
-        put(b, " ", 1);
+        bm_sb_add(b, " ", 1);
 }
 
 static int key_cmp(const void *a, const void *b)
@@ -207,13 +114,13 @@ static int key_cmp(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err);
+static bool dump(bm_sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err);
 
-static bool dump_object(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err)
+static bool dump_object(bm_sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err)
 {
     size_t n = json_object_size(v);
     if (n == 0) {
-        puts_(b, "{}");
+        bm_sb_str(b, "{}");
         return true;
     }
     const char **keys = malloc(n * sizeof *keys);
@@ -227,11 +134,11 @@ static bool dump_object(sbuf *b, json_t *v, int indent, bool sort, int level, bm
     json_object_foreach(v, key, val) keys[k++] = key;
     if (sort)
         qsort(keys, n, sizeof *keys, key_cmp);
-    put(b, "{", 1);
+    bm_sb_add(b, "{", 1);
     bool ok = true;
     for (size_t i = 0; i < n && ok; i++) {
         if (i)
-            puts_(b, indent >= 0 ? "," : ", ");
+            bm_sb_str(b, indent >= 0 ? "," : ", ");
         if (indent >= 0)
             newline(b, indent, level + 1);
         if (!put_string(b, keys[i], strlen(keys[i]))) {
@@ -239,7 +146,7 @@ static bool dump_object(sbuf *b, json_t *v, int indent, bool sort, int level, bm
             ok = false;
             break;
         }
-        puts_(b, ": ");
+        bm_sb_str(b, ": ");
         ok = dump(b, json_object_get(v, keys[i]), indent, sort, level + 1, err);
     }
     free(keys);
@@ -247,11 +154,11 @@ static bool dump_object(sbuf *b, json_t *v, int indent, bool sort, int level, bm
         return false;
     if (indent >= 0)
         newline(b, indent, level);
-    put(b, "}", 1);
+    bm_sb_add(b, "}", 1);
     return true;
 }
 
-static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err)
+static bool dump(bm_sbuf *b, json_t *v, int indent, bool sort, int level, bm_error *err)
 {
     if (level > 256) {
         bm_fail(err, BM_E_FORMAT, "JSON nested more than 256 levels");
@@ -263,13 +170,13 @@ static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error 
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
         if (n == 0) {
-            puts_(b, "[]");
+            bm_sb_str(b, "[]");
             return true;
         }
-        put(b, "[", 1);
+        bm_sb_add(b, "[", 1);
         for (size_t i = 0; i < n; i++) {
             if (i)
-                puts_(b, indent >= 0 ? "," : ", ");
+                bm_sb_str(b, indent >= 0 ? "," : ", ");
             if (indent >= 0)
                 newline(b, indent, level + 1);
             if (!dump(b, json_array_get(v, i), indent, sort, level + 1, err))
@@ -277,7 +184,7 @@ static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error 
         }
         if (indent >= 0)
             newline(b, indent, level);
-        put(b, "]", 1);
+        bm_sb_add(b, "]", 1);
         return true;
     }
     case JSON_STRING:
@@ -289,20 +196,20 @@ static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error 
     case JSON_INTEGER: {
         char t[32];
         snprintf(t, sizeof t, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        puts_(b, t);
+        bm_sb_str(b, t);
         return true;
     }
     case JSON_REAL:
         put_float(b, json_real_value(v));
         return true;
     case JSON_TRUE:
-        puts_(b, "true");
+        bm_sb_str(b, "true");
         return true;
     case JSON_FALSE:
-        puts_(b, "false");
+        bm_sb_str(b, "false");
         return true;
     case JSON_NULL:
-        puts_(b, "null");
+        bm_sb_str(b, "null");
         return true;
     }
     return true;
@@ -311,19 +218,14 @@ static bool dump(sbuf *b, json_t *v, int indent, bool sort, int level, bm_error 
 bm_status bm_pyjson_dump(const void *json, int indent, bool sort_keys,
                          char **out, size_t *len, bm_error *err)
 {
-    sbuf b = {0};
+    bm_sbuf b = {0};
     *out = NULL;
-    put(&b, "", 0);
     if (!dump(&b, (json_t *)json, indent, sort_keys, 0, err)) {
         free(b.p);
         return err ? err->code : BM_E_FORMAT;
     }
-    if (b.oom) {
-        free(b.p);
+    *out = bm_sb_finish(&b, len);
+    if (!*out)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
-    }
-    *out = b.p;
-    if (len)
-        *len = b.n;
     return BM_OK;
 }

@@ -9,6 +9,7 @@
  */
 #include "bmplan.h"
 #include "safetensors.h"
+#include "sbuf.h"
 #include "strtab.h"
 
 #include <errno.h>
@@ -553,52 +554,18 @@ const void *bm_st_data(const bm_st_file *f, int32_t ti)
  * Header serialization (serde_json's compact form)
  * ------------------------------------------------------------------------ */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = true;
-                return;
-            }
-            cap *= 2;
-        }
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-static void sb_u64(sbuf *b, uint64_t v)
+static void sb_u64(bm_sbuf *b, uint64_t v)
 {
     char tmp[24];
     int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
-    sb_add(b, tmp, (size_t)n);
+    bm_sb_add(b, tmp, (size_t)n);
 }
 
 /* A JSON string as serde_json writes it. */
-static void sb_json_string(sbuf *b, const char *s)
+static void sb_json_string(bm_sbuf *b, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
-    sb_add(b, "\"", 1);
+    bm_sb_add(b, "\"", 1);
     const char *run = s;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -624,13 +591,13 @@ static void sb_json_string(sbuf *b, const char *s)
             esc = u;
         }
         if (esc) {
-            sb_add(b, run, (size_t)(s - run));
-            sb_str(b, esc);
+            bm_sb_add(b, run, (size_t)(s - run));
+            bm_sb_str(b, esc);
             run = s + 1;
         }
     }
-    sb_add(b, run, (size_t)(s - run));
-    sb_add(b, "\"", 1);
+    bm_sb_add(b, run, (size_t)(s - run));
+    bm_sb_add(b, "\"", 1);
 }
 
 static int by_reference_order(const void *a, const void *b, void *ctx)
@@ -686,7 +653,7 @@ bm_status bm_st_layout_build(const bm_st_spec *specs, int32_t n,
     out->begin = calloc(cnt, sizeof *out->begin);
     out->nbytes = calloc(cnt, sizeof *out->nbytes);
     bm_strtab seen = {0};
-    sbuf b = {0};
+    bm_sbuf b = {0};
     bm_status st = BM_OK;
     if (!out->order || !out->begin || !out->nbytes) {
         st = bm_fail(err, BM_E_NOMEM, "out of memory");
@@ -770,18 +737,18 @@ bm_status bm_st_layout_build(const bm_st_spec *specs, int32_t n,
                 (void *)specs);
     }
 
-    sb_add(&b, "\0\0\0\0\0\0\0\0{", 9);
+    bm_sb_add(&b, "\0\0\0\0\0\0\0\0{", 9);
     bool first = true;
     if (opts->n_meta > 0 || opts->empty_metadata) {
-        sb_str(&b, "\"__metadata__\":{");
+        bm_sb_str(&b, "\"__metadata__\":{");
         for (int32_t i = 0; i < opts->n_meta; i++) {
             if (i)
-                sb_add(&b, ",", 1);
+                bm_sb_add(&b, ",", 1);
             sb_json_string(&b, opts->meta_keys[i]);
-            sb_add(&b, ":", 1);
+            bm_sb_add(&b, ":", 1);
             sb_json_string(&b, opts->meta_values[i]);
         }
-        sb_add(&b, "}", 1);
+        bm_sb_add(&b, "}", 1);
         first = false;
     }
     uint64_t off = 0;
@@ -794,31 +761,31 @@ bm_status bm_st_layout_build(const bm_st_spec *specs, int32_t n,
             goto out;
         }
         if (!first)
-            sb_add(&b, ",", 1);
+            bm_sb_add(&b, ",", 1);
         first = false;
         sb_json_string(&b, s->name);
-        sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, bm_st_dtype_code(s->dtype));
-        sb_str(&b, "\",\"shape\":[");
+        bm_sb_str(&b, ":{\"dtype\":\"");
+        bm_sb_str(&b, bm_st_dtype_code(s->dtype));
+        bm_sb_str(&b, "\",\"shape\":[");
         for (int d = 0; d < s->ndim; d++) {
             if (d)
-                sb_add(&b, ",", 1);
+                bm_sb_add(&b, ",", 1);
             sb_u64(&b, (uint64_t)s->shape[d]);
         }
-        sb_str(&b, "],\"data_offsets\":[");
+        bm_sb_str(&b, "],\"data_offsets\":[");
         sb_u64(&b, out->begin[i]);
-        sb_add(&b, ",", 1);
+        bm_sb_add(&b, ",", 1);
         sb_u64(&b, off);
-        sb_str(&b, "]}");
+        bm_sb_str(&b, "]}");
     }
-    sb_add(&b, "}", 1);
-    while (!b.oom && (b.len - 8) % 8)
-        sb_add(&b, " ", 1);
+    bm_sb_add(&b, "}", 1);
+    while (!b.oom && (b.n - 8) % 8)
+        bm_sb_add(&b, " ", 1);
     if (b.oom) {
         st = bm_fail(err, BM_E_NOMEM, "out of memory building a safetensors header");
         goto out;
     }
-    uint64_t hl = b.len - 8;
+    uint64_t hl = b.n - 8;
     if (hl > BM_ST_MAX_HEADER) {
         st = bm_fail(err, BM_E_INVALID, "the header would be %llu bytes (readers accept at most %u)",
                      (unsigned long long)hl, BM_ST_MAX_HEADER);

@@ -268,6 +268,40 @@ bm_status arch_conv1d_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     return linear_common(rt, m, c, true, err);
 }
 
+/* The embedding's contract (device.h): every id below V, known on the
+ * host. Ids whose bound was not recorded where they were made are read
+ * back and checked (nothing in the runtime makes such ids today). */
+static bm_status ids_check(const bm_value *ids, int64_t V, bm_error *err)
+{
+    int64_t n = ids->rows * ids->cols;
+    if (ids->id_end > 0) {
+        if (ids->id_end <= V)
+            return BM_OK;
+        return bm_fail(err, BM_E_INVALID, "token id %lld out of range (vocabulary %lld)",
+                       (long long)(ids->id_end - 1), (long long)V);
+    }
+    const int32_t *host = ids->data;
+    int32_t *copy = NULL;
+    if (bm_dev_id(ids->dev) != BM_DEVICE_CPU) {
+        copy = malloc((size_t)(n > 0 ? n : 1) * sizeof *copy);
+        if (!copy)
+            return bm_fail(err, BM_E_NOMEM, "out of memory");
+        bm_status s = bm_dev_download(ids->dev, copy, ids->data, (uint64_t)n * sizeof *copy, err);
+        if (s != BM_OK) {
+            free(copy);
+            return s;
+        }
+        host = copy;
+    }
+    bm_status s = BM_OK;
+    for (int64_t i = 0; i < n && s == BM_OK; i++)
+        if (host[i] < 0 || host[i] >= V)
+            s = bm_fail(err, BM_E_INVALID, "token id %d out of range (vocabulary %lld)", host[i],
+                        (long long)V);
+    free(copy);
+    return s;
+}
+
 bm_status arch_embedding_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
 {
     bm_status s = need_input(rt, m, c, BM_I32, err);
@@ -282,6 +316,8 @@ bm_status arch_embedding_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     bm_value *y = NULL;
     if (w.ndim != 2)
         s = bm_fail(err, BM_E_INVALID, "embedding '%s' is not a matrix", tree->modules[m].name);
+    if (s == BM_OK)
+        s = ids_check(ids, w.shape[0], err);
     if (s == BM_OK)
         s = bm_value_new(rt, dev, BM_F32, ids->rows, w.shape[1], tree->modules[m].name, &y, err);
     if (s == BM_OK)

@@ -74,6 +74,7 @@ static bm_status model_fwd(bm_rt *rt, int32_t m, bm_call *c, bm_error *err)
     if (s == BM_OK) {
         for (int64_t i = 0; i < M; i++)
             ((int32_t *)pos_host->data)[i] = (int32_t)(pos0 + i);
+        pos_host->id_end = pos0 + M;
         s = bm_value_copy_to(rt, pos_host, dev, &pos, err);
     }
     bm_value_free(rt, pos_host);

@@ -293,6 +293,54 @@ void bm_dev_free(bm_dev *dev, void *ptr, uint64_t size)
     unreserve(dev, size);
 }
 
+bool bm_backend_has_host_alloc(const bm_backend *be)
+{
+    return be && be->ops->host_alloc && be->ops->host_free;
+}
+
+char *bm_backend_report_json(bm_backend *be)
+{
+    return be && be->ops->report_json ? be->ops->report_json(be->state) : NULL;
+}
+
+bm_status bm_dev_alloc_pinned(bm_dev *dev, bm_backend *pin_for, uint64_t size,
+                              const char *what, void **ptr, bm_error *err)
+{
+    if (!bm_backend_has_host_alloc(pin_for))
+        return bm_dev_alloc(dev, size, what, ptr, err);
+    *ptr = NULL;
+    if (dev->id != BM_DEVICE_CPU || !dev->be->ops->host_addressable)
+        return bm_fail(err, BM_E_INTERNAL, "%s: pinned memory is for the host device", dev->name);
+    uint64_t in_use = 0;
+    if (!reserve(dev, size, &in_use)) {
+        char a[32], b[32], c[32];
+        return bm_fail(err, BM_E_NOFIT,
+                       "%s: out of memory: %s requested for %s, %s in use, budget %s",
+                       dev->name, bm_size_format(size, a, sizeof a), what ? what : "a buffer",
+                       bm_size_format(in_use, b, sizeof b),
+                       bm_size_format(dev->st.capacity, c, sizeof c));
+    }
+    bm_status s = pin_for->ops->host_alloc(pin_for->state, size ? size : 1, ptr, err);
+    if (s != BM_OK) {
+        unreserve(dev, size);
+        *ptr = NULL;
+        bm_error_prefix(err, "%s (%s host memory)", dev->name, pin_for->ops->name);
+    }
+    return s;
+}
+
+void bm_dev_free_pinned(bm_dev *dev, bm_backend *pin_for, void *ptr, uint64_t size)
+{
+    if (!bm_backend_has_host_alloc(pin_for)) {
+        bm_dev_free(dev, ptr, size);
+        return;
+    }
+    if (!ptr)
+        return;
+    pin_for->ops->host_free(pin_for->state, ptr);
+    unreserve(dev, size);
+}
+
 static void count(bm_dev *dev, uint64_t *field, uint64_t n)
 {
     pthread_mutex_lock(&dev->lock);

@@ -167,6 +167,8 @@ bm_status bm_size_parse_shard(const char *text, uint64_t *bytes,
 char *bm_size_format(uint64_t bytes, char *buf, size_t len);
 /* The same for a size in bits (prints fractional bytes exactly when needed). */
 char *bm_size_format_bits(uint64_t bits, char *buf, size_t len);
+/* A count with thousands separators: "1,234,567" (cut to fit len). */
+char *bm_count_format(uint64_t n, char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
  * The module tree
@@ -352,6 +354,11 @@ bool bm_is_dir(const char *path);
 bool bm_is_file(const char *path);
 /* Join dir and name into a new string (malloc); NULL on overflow/nomem. */
 char *bm_path_join(const char *dir, const char *name);
+/* POSIX dirname/basename of path as new strings (malloc; NULL on nomem);
+ * the argument is left alone and trailing slashes are ignored
+ * ("a/out/" -> "a", "out"). */
+char *bm_path_dirname(const char *path);
+char *bm_path_basename(const char *path);
 
 #ifdef __cplusplus
 }
@@ -369,5 +376,6 @@ char *bm_path_join(const char *dir, const char *name);
 #include "offload.h"
 
 #include "runner.h"
+#include "sbuf.h"
 
 #endif /* BMPLAN_H */

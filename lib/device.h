@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define BM_BACKEND_ABI 1
+#define BM_BACKEND_ABI 2
 
 /* Device ids as used by device maps. */
 #define BM_DEVICE_CPU (-1)  /* host memory ("cpu" in a map) */
@@ -45,6 +45,10 @@ extern "C" {
 /* What a backend is given at start. */
 typedef struct bm_backend_config {
     int threads;        /* CPU worker threads (0 = number of cores) */
+    /* the caller will ask for report_json: measure what it reports (the
+     * CUDA backend: bandwidth at the first device open, upload and idle
+     * times), which costs a little time */
+    bool report;
 } bm_backend_config;
 
 /*
@@ -54,6 +58,15 @@ typedef struct bm_backend_config {
  * are host pointers. All functions may be called from two threads at once
  * (the runner's compute thread and its prefetch thread) for DIFFERENT
  * buffers; alloc/free/upload must be thread-safe.
+ *
+ * The compute thread is the one that runs the operations. An upload from
+ * any other thread (the runtime's prefetcher) may return before its bytes
+ * reach the device, once the source is no longer needed (or, for a
+ * source from host_alloc, at once: that memory stays valid until
+ * host_free); the backend orders every later operation, copy, download
+ * or free of that device memory after the upload, so the caller never
+ * synchronizes for it. An upload from the compute thread is ordered with
+ * that thread's operations the same way.
  */
 typedef struct bm_backend_ops {
     uint32_t abi;        /* BM_BACKEND_ABI */
@@ -92,7 +105,10 @@ typedef struct bm_backend_ops {
     bm_status (*linear)(void *dev, float *y, const float *x, int64_t M, int64_t K,
                         int64_t N, const void *w, bm_dtype wdt, bool w_kn,
                         const void *bias, bm_dtype act, bm_error *err);
-    /* y[M,D] = table[ids[m]] (ids already checked to be < V). */
+    /* y[M,D] = table[ids[m]]. The runtime guarantees 0 <= ids[m] < V: it
+     * checks token ids on the host before they reach any device (input
+     * ids in bm_rt_forward, position ids where they are made; see
+     * bm_value.id_end), so a backend need not read them back. */
     bm_status (*embed)(void *dev, float *y, const int32_t *ids, int64_t M,
                        const void *table, bm_dtype tdt, int64_t V, int64_t D,
                        bm_error *err);
@@ -128,6 +144,19 @@ typedef struct bm_backend_ops {
     /* dst[r, 0:cols] = src[r, 0:cols] with row strides (floats). */
     bm_status (*copy2d)(void *dev, float *dst, int64_t ldd, const float *src,
                         int64_t lds, int64_t rows, int64_t cols, bm_error *err);
+
+    /* ---- optional (NULL: not provided) ---- */
+
+    /* Host memory the backend transfers from fastest (the CUDA backend:
+     * pinned with cudaHostAlloc, so uploads from it are DMA without a
+     * staging copy), aligned to 64 bytes. The runtime keeps the host copies
+     * of "cpu"-offloaded weights in it. NULL: plain host memory is as good.
+     * host_free waits for transfers still reading the memory. */
+    bm_status (*host_alloc)(void *be, uint64_t size, void **ptr, bm_error *err);
+    void (*host_free)(void *be, void *ptr);
+    /* The backend's own figures for `bmplan run --report`, a JSON object
+     * in memory from malloc (the caller frees it), or NULL. */
+    char *(*report_json)(void *be);
 } bm_backend_ops;
 
 /* A backend shared library exports this symbol: a function returning its
@@ -192,6 +221,18 @@ bm_status bm_dev_alloc(bm_dev *dev, uint64_t size, const char *what, void **ptr,
                           bm_error *err);
 bool bm_dev_try_alloc(bm_dev *dev, uint64_t size, void **ptr);
 void bm_dev_free(bm_dev *dev, void *ptr, uint64_t size);
+
+/* Host memory for `pin_for`'s uploads, counted against the capacity of
+ * `dev` (a host device, BM_DEVICE_CPU of the CPU backend): from pin_for's
+ * host_alloc when it has one, else dev's own memory. Free it with
+ * bm_dev_free_pinned and the same pin_for. */
+bm_status bm_dev_alloc_pinned(bm_dev *dev, bm_backend *pin_for, uint64_t size,
+                              const char *what, void **ptr, bm_error *err);
+void bm_dev_free_pinned(bm_dev *dev, bm_backend *pin_for, void *ptr, uint64_t size);
+/* The backend provides host_alloc. */
+bool bm_backend_has_host_alloc(const bm_backend *be);
+/* The backend's report_json (malloc'ed JSON object text), or NULL. */
+char *bm_backend_report_json(bm_backend *be);
 
 /* Copies with accounting. Host memory is plain memory. */
 bm_status bm_dev_upload(bm_dev *dev, void *dst, const void *src, uint64_t n,

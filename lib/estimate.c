@@ -301,57 +301,19 @@ static size_t py_len(const char *s)
     return n;
 }
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->len + n + 1)
-            nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->failed = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
-static void sb_rep(sbuf *b, const char *s, size_t times)
-{
-    for (size_t i = 0; i < times; i++)
-        sb_str(b, s);
-}
-
 /* Python's str.center(width) */
-static void sb_center(sbuf *b, const char *s, size_t width)
+static void sb_center(bm_sbuf *b, const char *s, size_t width)
 {
     size_t n = py_len(s);
     if (n >= width) {
-        sb_str(b, s);
+        bm_sb_str(b, s);
         return;
     }
     size_t marg = width - n;
     size_t left = marg / 2 + (marg & width & 1);
-    sb_rep(b, " ", left);
-    sb_str(b, s);
-    sb_rep(b, " ", marg - left);
+    bm_sb_rep(b, " ", left);
+    bm_sb_str(b, s);
+    bm_sb_rep(b, " ", marg - left);
 }
 
 #define BOX_V "\xe2\x94\x82"  /* │ */
@@ -370,29 +332,29 @@ static void sb_center(sbuf *b, const char *s, size_t width)
 
 /* create_ascii_table's make_row: left, runs of ─ joined by middle, diff
  * more ─, right */
-static void make_row(sbuf *b, const char *l, const char *mid, const char *r,
+static void make_row(bm_sbuf *b, const char *l, const char *mid, const char *r,
                      const size_t *w, size_t diff)
 {
-    sb_str(b, l);
+    bm_sb_str(b, l);
     for (int i = 0; i < ACCEL_COLS; i++) {
         if (i)
-            sb_str(b, mid);
-        sb_rep(b, BOX_H, w[i]);
+            bm_sb_str(b, mid);
+        bm_sb_rep(b, BOX_H, w[i]);
     }
-    sb_rep(b, BOX_H, diff);
-    sb_str(b, r);
+    bm_sb_rep(b, BOX_H, diff);
+    bm_sb_str(b, r);
 }
 
-static void table_line(sbuf *b, char cells[][64], const size_t *w)
+static void table_line(bm_sbuf *b, char cells[][64], const size_t *w)
 {
-    sb_str(b, BOX_V);
+    bm_sb_str(b, BOX_V);
     for (int i = 0; i < ACCEL_COLS; i++) {
         if (i)
-            sb_str(b, BOX_V);
+            bm_sb_str(b, BOX_V);
         sb_center(b, cells[i], w[i]);
     }
-    sb_str(b, BOX_V);
-    sb_str(b, "\n");
+    bm_sb_str(b, BOX_V);
+    bm_sb_str(b, "\n");
 }
 
 char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
@@ -402,7 +364,7 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
     if (n < 1)
         return NULL;
     char(*cells)[ACCEL_COLS][64] = calloc((size_t)n, sizeof *cells);
-    sbuf title = {0}, b = {0};
+    bm_sbuf title = {0}, b = {0};
     if (!cells)
         return NULL;
     for (int r = 0; r < n; r++) {
@@ -421,11 +383,12 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
             if (py_len(cells[r][c]) > w[c])
                 w[c] = py_len(cells[r][c]);
     }
-    sb_str(&title, "Memory Usage for loading `");
-    sb_str(&title, model ? model : "");
-    sb_str(&title, "`");
-    if (title.failed) {
+    bm_sb_str(&title, "Memory Usage for loading `");
+    bm_sb_str(&title, model ? model : "");
+    bm_sb_str(&title, "`");
+    if (title.oom) {
         free(cells);
+        free(title.p);
         return NULL;
     }
     size_t sum = 0;
@@ -441,11 +404,11 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
     }
     size_t sep_now = sum + diff + (ACCEL_COLS - 1) + diff + 2;
     make_row(&b, BOX_TL, BOX_H, BOX_TR, w, diff);
-    sb_str(&b, "\n" BOX_V);
+    bm_sb_str(&b, "\n" BOX_V);
     sb_center(&b, title.p, sep_now - 2);
-    sb_str(&b, BOX_V "\n");
+    bm_sb_str(&b, BOX_V "\n");
     make_row(&b, BOX_ML, BOX_TM, BOX_MR, w, diff);
-    sb_str(&b, "\n");
+    bm_sb_str(&b, "\n");
     /* accelerate widens the last column a second time here; the rows and
      * the separator then have the same length */
     size_t wsep[ACCEL_COLS];
@@ -456,23 +419,19 @@ char *bm_accel_table(const char *model, const bm_accel_row *rows, int n)
         snprintf(head[0][c], 64, "%s", headers[c]);
     table_line(&b, head[0], w);
     make_row(&b, BOX_ML, BOX_MM, BOX_MR, wsep, diff);
-    sb_str(&b, "\n");
+    bm_sb_str(&b, "\n");
     for (int r = 0; r < n; r++)
         table_line(&b, cells[r], w);
-    sb_str(&b, BOX_BL);
+    bm_sb_str(&b, BOX_BL);
     for (int c = 0; c < ACCEL_COLS; c++) {
         if (c)
-            sb_str(&b, BOX_BM);
-        sb_rep(&b, BOX_H, w[c]);
+            bm_sb_str(&b, BOX_BM);
+        bm_sb_rep(&b, BOX_H, w[c]);
     }
-    sb_str(&b, BOX_BR);
+    bm_sb_str(&b, BOX_BR);
     free(cells);
     free(title.p);
-    if (b.failed) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
+    return bm_sb_finish(&b, NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -792,46 +751,58 @@ bm_status bm_kv_layer_modules(const bm_tree *tree, const bm_model_dims *d, int32
  * Workspace
  * ------------------------------------------------------------------------ */
 
-static bool prod(uint64_t *out, int n, const uint64_t *f)
+/* bm_model_dims as the runner's rules take them */
+static bm_run_dims run_dims_of(const bm_model_dims *d)
 {
-    uint64_t acc = 1;
-    for (int i = 0; i < n; i++)
-        if (__builtin_mul_overflow(acc, f[i], &acc))
-            return false;
-    *out = acc;
-    return true;
+    bm_run_dims r = {.gpt2 = strcmp(d->arch, "gpt2") == 0, .hidden = d->hidden,
+                     .layers = d->layers, .heads = d->heads, .kv_heads = d->kv_heads,
+                     .head_dim = d->head_dim, .intermediate = d->intermediate,
+                     .vocab = d->vocab};
+    return r;
 }
 
-bm_status bm_workspace_compute(const bm_model_dims *d, bm_dtype act_dtype, uint64_t context,
-                               uint64_t batch, uint64_t staging_bytes, bm_workspace *out,
-                               bm_error *err)
+static bm_status run_rules_of(const bm_model_dims *d, uint64_t context, bm_run_rules *r,
+                              bm_error *err)
+{
+    if (context == 0 || context > ((uint64_t)1 << 32))
+        return bm_fail(err, BM_E_INVALID, "a context of %llu tokens is out of range",
+                       (unsigned long long)context);
+    bm_run_dims rd = run_dims_of(d);
+    return bm_run_rules_compute(&rd, (int64_t)context, (int64_t)context, false, r, err);
+}
+
+bm_status bm_workspace_compute(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                               uint64_t staging_bytes, bm_workspace *out, bm_error *err)
 {
     memset(out, 0, sizeof *out);
     out->estimate = true;
-    uint64_t ab = bm_dtype_storage_bits(act_dtype) / 8;
-    if (!bm_dtype_is_floating(act_dtype) || ab == 0)
-        return bm_fail(err, BM_E_INVALID, "activations cannot be computed in %s",
-                       bm_dtype_name(act_dtype) ? bm_dtype_name(act_dtype) : "that dtype");
-    uint64_t tokens;
-    uint64_t qkv = (uint64_t)d->heads * (uint64_t)d->head_dim +
-                   2 * (uint64_t)d->kv_heads * (uint64_t)d->head_dim;
-    bool ok = prod(&tokens, 2, (uint64_t[]){context, batch}) &&
-              prod(&out->hidden_bytes, 4, (uint64_t[]){tokens, (uint64_t)d->hidden, 2, ab}) &&
-              prod(&out->attention_bytes, 3, (uint64_t[]){tokens, qkv, ab}) &&
-              prod(&out->scores_bytes, 5,
-                   (uint64_t[]){batch, (uint64_t)d->heads, context, context, 4}) &&
-              prod(&out->mlp_bytes, 4, (uint64_t[]){tokens, (uint64_t)d->intermediate, 2, ab}) &&
-              prod(&out->logits_bytes, 3, (uint64_t[]){tokens, (uint64_t)d->vocab, 4});
-    out->staging_bytes = staging_bytes;
-    uint64_t attn = 0, total = 0;
-    ok = ok && !__builtin_add_overflow(out->attention_bytes, out->scores_bytes, &attn);
-    uint64_t peak = attn > out->mlp_bytes ? attn : out->mlp_bytes;
-    ok = ok && !__builtin_add_overflow(out->hidden_bytes, peak, &total) &&
-         !__builtin_add_overflow(total, out->logits_bytes, &total) &&
-         !__builtin_add_overflow(total, staging_bytes, &total);
+    bm_run_rules r;
+    bm_status st = run_rules_of(d, context, &r, err);
+    if (st)
+        return st;
+    uint64_t total;
+    bool ok = !__builtin_mul_overflow(r.layer_act, batch, &out->layer_bytes) &&
+              !__builtin_mul_overflow(r.embed_act, batch, &out->ids_bytes) &&
+              !__builtin_mul_overflow(r.head_act, batch, &out->head_bytes) &&
+              !__builtin_mul_overflow(r.device_act, batch, &total) &&
+              !__builtin_add_overflow(total, staging_bytes, &total);
     if (!ok)
         return bm_fail(err, BM_E_OVERFLOW, "the workspace size overflows 64 bits");
+    out->staging_bytes = staging_bytes;
     out->total_bytes = total;
+    return BM_OK;
+}
+
+bm_status bm_run_layer_kv(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                          uint64_t *bytes, bm_error *err)
+{
+    *bytes = 0;
+    bm_run_rules r;
+    bm_status st = run_rules_of(d, context, &r, err);
+    if (st)
+        return st;
+    if (__builtin_mul_overflow(r.layer_kv, batch, bytes))
+        return bm_fail(err, BM_E_OVERFLOW, "the KV cache size overflows 64 bits");
     return BM_OK;
 }
 
@@ -983,7 +954,7 @@ typedef struct fleet_ctx {
     int32_t n_kv;
     bool kv_everywhere;   /* the tree's layers do not match the config:
                            * every GPU is charged the whole cache */
-    bm_dtype act, kv_dtype;
+    bm_dtype kv_dtype;
     uint64_t weights_bits;
     uint64_t largest_bytes; /* staging for a streamed layer */
     /* for the current context and batch */
@@ -1021,16 +992,8 @@ static bm_status fleet_ctx_init(fleet_ctx *c, const bm_tree *tree, const bm_flee
     if (st)
         return st;
     c->has_dims = true;
-    c->act = o->dtype != BM_DTYPE_INVALID && bm_dtype_is_floating(o->dtype) ? o->dtype : BM_F16;
-    if (o->dtype == BM_DTYPE_INVALID) {
-        /* as stored: compute in the dtype of the first floating parameter */
-        for (int32_t i = 0; i < tree->n_tensors; i++)
-            if (!tree->tensors[i].is_buffer && bm_dtype_is_floating(tree->tensors[i].dtype)) {
-                c->act = tree->tensors[i].dtype;
-                break;
-            }
-    }
-    c->kv_dtype = o->kv_dtype != BM_DTYPE_INVALID ? o->kv_dtype : c->act;
+    /* bmplan run keeps its caches in float32 */
+    c->kv_dtype = o->kv_dtype != BM_DTYPE_INVALID ? o->kv_dtype : BM_F32;
     if ((st = bm_kv_layer_modules(tree, &c->dims, &c->kv_mods, &c->n_kv, err)))
         return st;
     c->kv_everywhere = c->dims.has_cache && c->n_kv != c->dims.layers;
@@ -1048,10 +1011,20 @@ static bm_status fleet_ctx_size(fleet_ctx *c, uint64_t context, uint64_t batch, 
     bm_status st = bm_kv_size_compute(&c->dims, c->kv_dtype, context, batch, &c->kv, err);
     if (st)
         return st;
-    if ((st = bm_workspace_compute(&c->dims, c->act, context, batch, 0, &c->ws, err)))
+    if ((st = bm_workspace_compute(&c->dims, context, batch, 0, &c->ws, err)))
         return st;
-    /* one decoder layer: its self-attention cache, and for t5 its
-     * cross-attention cache as well */
+    if (c->o->kv_dtype == BM_DTYPE_INVALID && c->dims.has_cache && !c->dims.cross_layers) {
+        /* the runner's cache of one layer */
+        uint64_t b;
+        if ((st = bm_run_layer_kv(&c->dims, context, batch, &b, err)))
+            return st;
+        c->kv_layer_bits = b * 8;
+        if (c->kv_layer_bits / 8 != b)
+            return bm_fail(err, BM_E_OVERFLOW, "the KV cache size overflows 64 bits");
+        return BM_OK;
+    }
+    /* a cache in kv_dtype: one decoder layer's self-attention cache, and
+     * for t5 its cross-attention cache as well */
     uint64_t lb = c->kv.layer_token_bits;
     if (!mul_u64(&lb, context) || !mul_u64(&lb, batch) ||
         (c->dims.cross_layers && !mul_u64(&lb, 2)))

@@ -159,28 +159,33 @@ bm_status bm_kv_layer_modules(const bm_tree *tree, const bm_model_dims *d,
                               int32_t **mods, int32_t *n, bm_error *err);
 
 /* ------------------------------------------------------------------------
- * Runtime workspace of `bmplan run` (an estimate)
+ * Runtime workspace of `bmplan run`, by the runner's own allocation rules
+ * (bm_run_rules in runner.h): float32 activations, the prompt taken as
+ * long as the context, the last position's logits. The runner runs one
+ * sequence; a batch of B counts B sequences' activations side by side.
  * ------------------------------------------------------------------------ */
 
 typedef struct bm_workspace {
-    uint64_t hidden_bytes;    /* residual stream + normalised input */
-    uint64_t attention_bytes; /* q, k, v projections of the chunk */
-    uint64_t scores_bytes;    /* attention scores, float32 */
-    uint64_t mlp_bytes;       /* the two MLP intermediates */
-    uint64_t logits_bytes;    /* float32 logits of the chunk */
-    uint64_t staging_bytes;   /* buffer for one streamed (offloaded) layer */
-    uint64_t total_bytes;     /* hidden + max(attention + scores, mlp)
-                               * + logits + staging */
-    bool estimate;            /* true: not yet the runner's own rules */
+    uint64_t layer_bytes;     /* largest live set of one layer's forward */
+    uint64_t ids_bytes;       /* token ids on the embedding's device */
+    uint64_t head_bytes;      /* final norm's input/output or the logits */
+    uint64_t staging_bytes;   /* offloaded weights brought in for a call */
+    uint64_t total_bytes;     /* max(layer + ids, head) + staging: a device
+                               * running a layer, the embedding and the head */
+    bool estimate;            /* true: the live set is an upper bound */
 } bm_workspace;
 
-/* Peak working memory of one device for a forward pass over `context`
- * tokens of `batch` sequences in `act_dtype`, plus `staging_bytes` for
- * streaming offloaded weights (0 when nothing is offloaded). */
-bm_status bm_workspace_compute(const bm_model_dims *d, bm_dtype act_dtype,
-                               uint64_t context, uint64_t batch,
-                               uint64_t staging_bytes, bm_workspace *out,
-                               bm_error *err);
+/* Working memory of one device for a forward pass over `context` tokens
+ * of `batch` sequences, plus `staging_bytes` for offloaded weights (0 when
+ * nothing is offloaded). The model's dimensions go through the runner's
+ * rules (gpt2's block layout for gpt2, llama's for the others). */
+bm_status bm_workspace_compute(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                               uint64_t staging_bytes, bm_workspace *out, bm_error *err);
+
+/* The runner's float32 KV cache of one layer for `context` tokens of
+ * `batch` sequences (bm_run_rules' layer_kv times batch). */
+bm_status bm_run_layer_kv(const bm_model_dims *d, uint64_t context, uint64_t batch,
+                          uint64_t *bytes, bm_error *err);
 
 /* ------------------------------------------------------------------------
  * Training with Adam: accelerate's estimate_training_usage
@@ -238,8 +243,9 @@ bm_status bm_gpu_spec_parse(const char *text, bm_gpu_spec *out,
  * Fleet: GPUs of one type for a model at a context and batch, answered by
  * the planner itself
  *
- * Each GPU of `gpu_bytes` keeps `reserve_bytes`, the workspace (estimate)
- * and the KV cache of the layers it runs; the rest is the weight budget the
+ * Each GPU of `gpu_bytes` keeps `reserve_bytes`, the workspace (the
+ * runner's rules, an estimate) and the KV cache of the layers it runs
+ * (float32 as `bmplan run` keeps it, or kv_dtype when given); the rest is the weight budget the
  * planner is given (--max-memory). A GPU's KV cache depends on how many
  * layers the planner puts there, so budgets are lowered until every GPU
  * holds its weights and its layers' cache: the map reported is the one
@@ -253,7 +259,7 @@ typedef struct bm_fleet_opts {
     uint64_t cpu_bytes;
     uint64_t context, batch; /* tokens, sequences (both >= 1) */
     bm_dtype dtype;          /* weights; BM_DTYPE_INVALID = as stored */
-    bm_dtype kv_dtype;       /* BM_DTYPE_INVALID: the compute dtype */
+    bm_dtype kv_dtype;       /* BM_DTYPE_INVALID: float32, the runner's */
     int64_t max_gpus;        /* bound of the minimum search (0: 4096) */
 } bm_fleet_opts;
 

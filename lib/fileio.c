@@ -121,14 +121,25 @@ bm_status bm_fsync_dir(const char *dir, bm_error *err)
     return BM_OK;
 }
 
-static char *dir_of(const char *path)
+/* dirname and basename may modify their argument: work on a copy */
+static char *path_part(const char *path, char *(*part)(char *))
 {
     char *copy = strdup(path);
     if (!copy)
         return NULL;
-    char *d = strdup(dirname(copy));
+    char *r = strdup(part(copy));
     free(copy);
-    return d;
+    return r;
+}
+
+char *bm_path_dirname(const char *path)
+{
+    return path_part(path, dirname);
+}
+
+char *bm_path_basename(const char *path)
+{
+    return path_part(path, basename);
 }
 
 static char *temp_name_for(const char *path)
@@ -210,7 +221,7 @@ bm_status bm_atomic_commit(bm_atomic_file *af, bm_error *err)
         bm_atomic_abort(af);
         return st;
     }
-    char *dir = dir_of(af->path);
+    char *dir = bm_path_dirname(af->path);
     if (dir) {
         bm_fsync_dir(dir, NULL);
         free(dir);

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,33 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *parent_of(const char *path)
-{
-    char *c = strdup(path);
-    if (!c)
-        return NULL;
-    char *d = strdup(dirname(c));
-    free(c);
-    return d;
-}
-
-static char *base_of(const char *path)
-{
-    char *c = strdup(path);
-    if (!c)
-        return NULL;
-    /* basename of "out/" is "out" */
-    size_t n = strlen(c);
-    while (n > 1 && c[n - 1] == '/')
-        c[--n] = 0;
-    char *b = strdup(basename(c));
-    free(c);
-    return b;
-}
-
 static char *sibling(const char *path, const char *fmt, long arg)
 {
-    char *dir = parent_of(path), *base = base_of(path);
+    char *dir = bm_path_dirname(path), *base = bm_path_basename(path);
     char *out = NULL;
     if (dir && base) {
         size_t n = strlen(dir) + strlen(base) + 64;
@@ -87,7 +62,7 @@ static bm_status take_lock(bm_outdir *od, const char *path, bm_error *err)
         outdir_free(od);
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     }
-    char *dir = parent_of(path);
+    char *dir = bm_path_dirname(path);
     bool parent_ok = dir && bm_is_dir(dir);
     free(dir);
     if (!parent_ok) {
@@ -151,7 +126,7 @@ bm_status bm_remove_tree(const char *path, bm_error *err)
  * lock, so no live run owns one. */
 static void clean_stale(const bm_outdir *od)
 {
-    char *dir = parent_of(od->path), *base = base_of(od->path);
+    char *dir = bm_path_dirname(od->path), *base = bm_path_basename(od->path);
     DIR *d = dir ? opendir(dir) : NULL;
     if (d && base) {
         size_t bl = strlen(base);
@@ -266,7 +241,7 @@ bm_status bm_outdir_commit(bm_outdir *od, bm_error *err)
         od->tmp = old;
     }
     /* od->tmp now names the replaced folder, or nothing */
-    char *dir = parent_of(od->path);
+    char *dir = bm_path_dirname(od->path);
     if (dir)
         bm_fsync_dir(dir, NULL);
     free(dir);

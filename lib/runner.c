@@ -101,8 +101,10 @@ bm_status bm_runner_open(const bm_model *model, const bm_runner_opts *o, bm_runn
         return bm_fail(err, BM_E_NOMEM, "out of memory");
     r->model = model;
     double t0 = now();
-    bm_backend_config cfg = {.threads = o->threads};
-    bm_status s = bm_backend_load(o->backend ? o->backend : "cpu", &cfg, &r->be, err);
+    bm_backend_config cfg = {.threads = o->threads, .report = o->report};
+    bm_status s = o->backend_ops ? bm_backend_start(o->backend_ops, &cfg, &r->be, err)
+                                 : bm_backend_load(o->backend ? o->backend : "cpu", &cfg,
+                                                   &r->be, err);
     if (s == BM_OK && strcmp(bm_backend_name(r->be), "cpu") != 0)
         s = bm_backend_load("cpu", &cfg, &r->host, err);
     else
@@ -312,7 +314,26 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
         }
     if (bm_rt_device(r->rt, BM_DEVICE_CPU, &d, NULL) == BM_OK)
         json_object_set_new(devs, "cpu", device_json(d));
-    json_object_set_new(root, "backend", json_string(bm_backend_name(r->be)));
+    json_t *bj = json_object();
+    json_object_set_new(bj, "name", json_string(bm_backend_name(r->be)));
+    char *own = bm_backend_report_json(r->be);
+    if (own) {
+        json_error_t je;
+        json_t *extra = json_loads(own, 0, &je);
+        free(own);
+        if (!json_is_object(extra)) {
+            json_decref(extra);
+            json_decref(bj);
+            json_decref(devs);
+            json_decref(root);
+            return bm_fail(err, BM_E_INTERNAL, "%s backend: its report is not a JSON object",
+                           bm_backend_name(r->be));
+        }
+        json_object_del(extra, "name"); /* ours names the backend */
+        json_object_update(bj, extra);
+        json_decref(extra);
+    }
+    json_object_set_new(root, "backend", bj);
     json_object_set_new(root, "devices", devs);
     bm_rt_stats st;
     bm_rt_get_stats(r->rt, &st);
@@ -352,44 +373,289 @@ bm_status bm_runner_report(bm_runner *r, const bm_run_result *res, char **out, b
     return BM_OK;
 }
 
+bm_status bm_run_dims_for_tree(const bm_tree *tree, bm_run_dims *d, bm_error *err)
+{
+    memset(d, 0, sizeof *d);
+    const char *arch = tree->arch ? tree->arch : "";
+    bm_status s;
+    if (strcmp(arch, "gpt2") == 0) {
+        d->gpt2 = true;
+        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &d->hidden, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_layer", false, 0, &d->layers, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_head", false, 0, &d->heads, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->vocab, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "n_inner", true, 4 * d->hidden, &d->intermediate, err)) !=
+                BM_OK)
+            return s;
+        d->kv_heads = d->heads;
+        d->head_dim = d->heads ? d->hidden / d->heads : 0;
+    } else {
+        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &d->hidden, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &d->layers, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &d->heads, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "vocab_size", false, 0, &d->vocab, err)) != BM_OK ||
+            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &d->intermediate, err)) !=
+                BM_OK ||
+            (s = arch_cfg_int(tree, "num_key_value_heads", true, d->heads, &d->kv_heads, err)) !=
+                BM_OK ||
+            (s = arch_cfg_int(tree, "head_dim", true, d->heads ? d->hidden / d->heads : 0,
+                              &d->head_dim, err)) != BM_OK)
+            return s;
+    }
+    return BM_OK;
+}
+
+bm_status bm_run_rules_compute(const bm_run_dims *d, int64_t prompt_tokens, int64_t max_tokens,
+                               bool all_logits, bm_run_rules *out, bm_error *err)
+{
+    memset(out, 0, sizeof *out);
+    /* these bounds keep every product below 2^63 */
+    if (d->hidden <= 0 || d->layers < 0 || d->layers > (1 << 20) || d->vocab <= 0 ||
+        d->intermediate <= 0 || d->heads <= 0 || d->kv_heads <= 0 || d->head_dim <= 0 ||
+        d->hidden > (1 << 24) || d->intermediate > (1 << 26) || d->vocab > (1 << 26) ||
+        d->heads > (1 << 20) || d->kv_heads > (1 << 20) || d->head_dim > (1 << 20) ||
+        d->kv_heads * d->head_dim > (1 << 26) || d->heads * d->head_dim > (1 << 26))
+        return bm_fail(err, BM_E_INVALID, "configuration: dimensions out of range");
+    int64_t M = prompt_tokens, T = max_tokens;
+    if (M <= 0 || T < M || T > (1ll << 32))
+        return bm_fail(err, BM_E_INVALID, "%lld prompt tokens and a context of %lld are out of "
+                       "range", (long long)M, (long long)T);
+    /* KV caches (bm_rt_kv): float32, [T, kv width] for K and for V;
+     * activations of a layer's forward (arch_llama.c / arch_gpt2.c): the
+     * residual h, the normed input, and the widest set of projections
+     * alive at once */
+    int64_t qd = d->heads * d->head_dim, kd = d->kv_heads * d->head_dim;
+    int64_t D = d->hidden, I = d->intermediate;
+    int64_t width;
+    if (d->gpt2) {
+        width = 6 * D;                /* h, x, qkv, attention output */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, c_fc, c_proj */
+    } else {
+        width = 2 * D + qd + 2 * kd;  /* h, x, q, k, v */
+        if (2 * D + 2 * qd > width)
+            width = 2 * D + 2 * qd;   /* h, x, q, attention output */
+        if (3 * D + qd > width)
+            width = 3 * D + qd;       /* h, x, attention output, o_proj */
+        if (3 * D + 2 * I > width)
+            width = 3 * D + 2 * I;    /* h, residual, x2, gate, up */
+        if (4 * D + I > width)
+            width = 4 * D + I;        /* h, residual, x2, gate, down */
+    }
+    out->layer_kv = 2 * (uint64_t)T * (uint64_t)kd * 4;
+    out->layer_act = 4 * (uint64_t)M * (uint64_t)width;
+    /* token ids stay on the embedding's device for the whole forward; the
+     * head's device holds the final norm's input and output, then the
+     * logits */
+    uint64_t rows_out = all_logits ? (uint64_t)M : 1;
+    out->embed_act = 4 * (uint64_t)M;
+    out->head_act = 8 * (uint64_t)M * (uint64_t)D;
+    if (4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->vocab) > out->head_act)
+        out->head_act = 4 * ((uint64_t)M * (uint64_t)D + rows_out * (uint64_t)d->vocab);
+    /* gpt2's host position ids come after the prompt's ids have gone */
+    out->host_ids = 4 * (uint64_t)M;
+    /* the embedding comes before the layers and the head after them */
+    out->device_act = out->layer_act + out->embed_act;
+    if (out->head_act > out->device_act)
+        out->device_act = out->head_act;
+    return BM_OK;
+}
+
 bm_status bm_runner_headroom(const bm_tree *tree, int64_t max_tokens, bool all_logits,
                              uint64_t *bytes, bm_error *err)
 {
     *bytes = 0;
-    const char *arch = tree->arch ? tree->arch : "";
-    int64_t D, L, H, KV, hd, I, V;
-    bm_status s;
-    if (strcmp(arch, "gpt2") == 0) {
-        if ((s = arch_cfg_int(tree, "n_embd", false, 0, &D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_layer", false, 0, &L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_head", false, 0, &H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "n_inner", true, 4 * D, &I, err)) != BM_OK)
-            return s;
-        KV = H;
-        hd = H ? D / H : 0;
-    } else {
-        if ((s = arch_cfg_int(tree, "hidden_size", false, 0, &D, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_hidden_layers", false, 0, &L, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_attention_heads", false, 0, &H, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "vocab_size", false, 0, &V, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "intermediate_size", false, 0, &I, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "num_key_value_heads", true, H, &KV, err)) != BM_OK ||
-            (s = arch_cfg_int(tree, "head_dim", true, H ? D / H : 0, &hd, err)) != BM_OK)
-            return s;
-    }
-    /* float32 activations: KV caches of every layer, and the largest set of
-     * live activations of one layer (residual, normed input, q/k/v or the
-     * two MLP projections, the output), plus the logits */
-    double T = (double)max_tokens;
-    double kv = (double)L * 2 * T * (double)(KV * hd) * 4;
-    double width = (double)(3 * D + 3 * H * hd);
-    if ((double)(2 * D + 2 * I) > width)
-        width = (double)(2 * D + 2 * I);
-    double act = 4 * T * (width + 2 * (double)D) + 4 * (double)V * (all_logits ? T : 1);
-    double total = kv + act;
-    if (!(total < 1e18))
+    bm_run_dims rd;
+    bm_run_rules r;
+    bm_status s = bm_run_dims_for_tree(tree, &rd, err);
+    if (s == BM_OK)
+        s = bm_run_rules_compute(&rd, max_tokens, max_tokens, all_logits, &r, err);
+    if (s != BM_OK)
+        return s;
+    uint64_t kv;
+    if (__builtin_mul_overflow(r.layer_kv, (uint64_t)rd.layers, &kv) ||
+        __builtin_add_overflow(kv, r.device_act, bytes))
         return bm_fail(err, BM_E_OVERFLOW, "activation memory estimate out of range");
-    *bytes = (uint64_t)total;
+    return BM_OK;
+}
+
+static uint64_t runtime_bytes(const bm_tensor *t, bm_dtype dtype)
+{
+    bm_dtype dt = t->dtype;
+    if (bm_dtype_is_floating(dt))
+        dt = dtype != BM_DTYPE_INVALID ? dtype : (dt == BM_F64 ? BM_F32 : dt);
+    return t->numel * (bm_dtype_storage_bits(dt) / 8);
+}
+
+static int need_index(int device) { return device == BM_DEVICE_CPU ? 64 : device; }
+
+/* The device a tensor's module runs on and whether its weights are brought
+ * there per call (dispatch_model: "cpu" and "disk" run on the main device). */
+static int run_device(const bm_device_needs_opts *o, int main_dev, const char *name,
+                      bool *offloaded)
+{
+    *offloaded = false;
+    int e = bm_map_lookup(o->map, o->n_map, name);
+    if (e < 0)
+        return BM_DEVICE_NONE;
+    int d = o->map[e].device;
+    if (d == BM_DEVICE_DISK || (d == BM_DEVICE_CPU && main_dev != BM_DEVICE_CPU)) {
+        *offloaded = true;
+        return main_dev;
+    }
+    return d;
+}
+
+static int cmp_u64_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+bm_status bm_runner_device_needs(const bm_tree *tree, const bm_device_needs_opts *o,
+                                 bm_device_need *out, int *n, bm_error *err)
+{
+    *n = 0;
+    bm_run_dims rd;
+    bm_status s = bm_run_dims_for_tree(tree, &rd, err);
+    if (s != BM_OK)
+        return s;
+    if (!o->map || o->n_map <= 0)
+        return bm_fail(err, BM_E_INVALID, "no device map");
+    if (o->max_tokens > (1 << 24))
+        return bm_fail(err, BM_E_INVALID, "%lld prompt tokens and a context of %lld are out of "
+                       "range", (long long)o->prompt_tokens, (long long)o->max_tokens);
+    bm_run_rules rr;
+    if ((s = bm_run_rules_compute(&rd, o->prompt_tokens, o->max_tokens, o->all_logits, &rr,
+                                  err)) != BM_OK)
+        return s;
+    /* the main device, as bm_dispatch_model picks it */
+    int main_dev = o->main_device;
+    for (int i = 0; main_dev == BM_DEVICE_NONE && i < o->n_map; i++)
+        if (o->map[i].device >= 0)
+            main_dev = o->map[i].device;
+    if (main_dev == BM_DEVICE_NONE)
+        main_dev = BM_DEVICE_CPU;
+    if (main_dev != BM_DEVICE_CPU && (main_dev < 0 || main_dev >= 64))
+        return bm_fail(err, BM_E_INVALID, "main device %d out of range", main_dev);
+    uint64_t w[65] = {0}, kv[65] = {0}, act[65] = {0}, stage[65] = {0};
+    bool used[65] = {false};
+    used[64] = true;
+    for (int i = 0; i < o->n_map; i++) {
+        int dv = o->map[i].device;
+        if (dv != BM_DEVICE_CPU && (dv < 0 || dv >= 64) && dv != BM_DEVICE_DISK)
+            return bm_fail(err, BM_E_INVALID, "device map entry '%s': device out of range",
+                           o->map[i].name);
+        if (dv >= 0)
+            used[dv] = true;
+    }
+    used[need_index(main_dev)] = true;
+    /* resident weights: one copy per device of tied tensors (bm_rt_load) */
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const bm_tensor *t = &tree->tensors[ti];
+        if (t->is_buffer && !t->persistent)
+            continue;
+        int e = bm_map_lookup(o->map, o->n_map, t->name);
+        if (e < 0)
+            return bm_fail(err, BM_E_INVALID, "the device map does not give any device for "
+                           "'%s'", t->name);
+        int dv = o->map[e].device;
+        if (dv == BM_DEVICE_DISK)
+            continue;
+        bool shared = false;
+        if (t->tie_group != BM_NONE) {
+            const bm_tie *g = &tree->ties[t->tie_group];
+            for (int32_t k = 0; k < g->n && !shared; k++) {
+                int32_t tj = g->tensors[k];
+                int ej = tj < ti ? bm_map_lookup(o->map, o->n_map, tree->tensors[tj].name) : -1;
+                shared = ej >= 0 && o->map[ej].device == dv;
+            }
+        }
+        if (!shared)
+            w[need_index(dv)] += runtime_bytes(t, o->dtype);
+    }
+    /* KV caches on the device the layer's attention runs on */
+    const char *layer_fmt = rd.gpt2 ? "h.%lld." : "layers.%lld.";
+    for (int64_t l = 0; l < rd.layers; l++) {
+        char want[48];
+        snprintf(want, sizeof want, layer_fmt, (long long)l);
+        const char *name = NULL;
+        for (int32_t ti = 0; ti < tree->n_tensors && !name; ti++) {
+            const char *p = strstr(tree->tensors[ti].name, want);
+            if (p && (p == tree->tensors[ti].name || p[-1] == '.'))
+                name = tree->tensors[ti].name;
+        }
+        if (!name)
+            return bm_fail(err, BM_E_INVALID, "layer %lld has no tensors", (long long)l);
+        bool off;
+        int dv = run_device(o, main_dev, name, &off);
+        if (dv == BM_DEVICE_NONE)
+            return bm_fail(err, BM_E_INVALID, "the device map does not give any device for "
+                           "'%s'", name);
+        kv[need_index(dv)] += rr.layer_kv;
+        if (act[need_index(dv)] < rr.layer_act)
+            act[need_index(dv)] = rr.layer_act;
+    }
+    const char *embed = rd.gpt2 ? "wte.weight" : "embed_tokens.weight";
+    const char *head = "lm_head.weight";
+    for (int32_t ti = 0; ti < tree->n_tensors; ti++) {
+        const char *nm = tree->tensors[ti].name;
+        size_t ln = strlen(nm);
+        bool is_embed = ln >= strlen(embed) && strcmp(nm + ln - strlen(embed), embed) == 0;
+        bool is_head = strcmp(nm, head) == 0;
+        if (!is_embed && !is_head)
+            continue;
+        bool off;
+        int dv = run_device(o, main_dev, nm, &off);
+        if (dv == BM_DEVICE_NONE)
+            continue;
+        if (is_embed)
+            act[need_index(dv)] += rr.embed_act;
+        if (is_head && act[need_index(dv)] < rr.head_act)
+            act[need_index(dv)] = rr.head_act;
+    }
+    act[64] += rr.host_ids;
+    /* offloaded weights come to the main device one module (that owns
+     * tensors) at a call; prefetch stages up to `lookahead` more ahead */
+    uint64_t *leaf = calloc((size_t)tree->n_modules + 1, sizeof *leaf);
+    if (!leaf)
+        return bm_fail(err, BM_E_NOMEM, "out of memory");
+    int32_t n_leaf = 0;
+    for (int32_t m = 0; m < tree->n_modules; m++) {
+        const bm_module *mod = &tree->modules[m];
+        uint64_t bytes = 0;
+        for (int32_t k = 0; k < mod->n_params + mod->n_buffers; k++) {
+            const bm_tensor *t = &tree->tensors[mod->tensor_begin + k];
+            if (t->is_buffer && !t->persistent)
+                continue;
+            bool off;
+            run_device(o, main_dev, t->name, &off);
+            if (off)
+                bytes += runtime_bytes(t, o->dtype);
+        }
+        if (bytes)
+            leaf[n_leaf++] = bytes;
+    }
+    qsort(leaf, (size_t)n_leaf, sizeof *leaf, cmp_u64_desc);
+    uint64_t staged = n_leaf ? leaf[0] : 0;
+    if (o->prefetch && n_leaf > 1) {
+        uint64_t limit = o->staging_bytes ? o->staging_bytes : 1ull << 30, ahead = 0;
+        for (int32_t k = 1; k < n_leaf && k <= 4; k++)
+            ahead += leaf[k];
+        staged += ahead < limit ? ahead : limit;
+    }
+    free(leaf);
+    stage[need_index(main_dev)] = staged;
+    for (int i = 0; i < 65; i++) {
+        if (!used[i])
+            continue;
+        bm_device_need *nd = &out[(*n)++];
+        nd->device = i == 64 ? BM_DEVICE_CPU : i;
+        nd->weights = w[i];
+        nd->kv = kv[i];
+        nd->activations = act[i];
+        nd->staging = stage[i];
+        nd->peak = w[i] + kv[i] + act[i] + stage[i];
+    }
     return BM_OK;
 }

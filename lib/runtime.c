@@ -241,6 +241,7 @@ typedef struct block {
     void *data;
     uint64_t size;
     int refs;
+    bm_backend *pinned; /* data is the compute backend's host memory */
     struct block *prev, *next; /* all live blocks, for cleanup */
 } block;
 
@@ -392,6 +393,14 @@ bm_status bm_rt_new(const bm_tree *tree, const bm_rt_opts *opts, bm_rt **out, bm
 
 static void block_release(bm_rt *rt, block *b);
 
+static void block_mem_free(block *b)
+{
+    if (b->pinned)
+        bm_dev_free_pinned(b->dev, b->pinned, b->data, b->size);
+    else
+        bm_dev_free(b->dev, b->data, b->size);
+}
+
 void bm_rt_free(bm_rt *rt)
 {
     if (!rt)
@@ -418,7 +427,7 @@ void bm_rt_free(bm_rt *rt)
     while (rt->blocks) {
         block *b = rt->blocks;
         rt->blocks = b->next;
-        bm_dev_free(b->dev, b->data, b->size);
+        block_mem_free(b);
         free(b);
     }
     if (rt->arch_free)
@@ -518,7 +527,23 @@ static bm_status block_new(bm_rt *rt, bm_dev *dev, uint64_t size, const char *wh
     block *b = calloc(1, sizeof *b);
     if (!b)
         return bm_fail(err, BM_E_NOMEM, "out of memory");
-    bm_status s = rt_alloc(rt, dev, size, what, &b->data, err);
+    bm_status s = BM_E_UNSUPPORTED;
+    /* tensors kept in host memory while another backend computes are
+     * uploaded from there (cpu offload): in that backend's host memory,
+     * which it transfers from without a staging copy. When it has none
+     * left (pinned memory is scarce), plain memory does. */
+    bm_backend *pin = rt->opts.backend;
+    if (dev == rt->devs[0] && pin != rt->opts.host && bm_backend_has_host_alloc(pin)) {
+        s = bm_dev_alloc_pinned(dev, pin, size, what, &b->data, err);
+        if (s == BM_OK)
+            b->pinned = pin;
+        else if (s == BM_E_NOFIT) {
+            free(b);
+            return s;
+        }
+    }
+    if (s != BM_OK)
+        s = rt_alloc(rt, dev, size, what, &b->data, err);
     if (s != BM_OK) {
         free(b);
         return s;
@@ -547,7 +572,7 @@ static void block_unref_locked(bm_rt *rt, block *b)
         rt->blocks = b->next;
     if (b->next)
         b->next->prev = b->prev;
-    bm_dev_free(b->dev, b->data, b->size);
+    block_mem_free(b);
     free(b);
 }
 
@@ -1035,6 +1060,7 @@ bm_status bm_value_copy_to(bm_rt *rt, const bm_value *v, bm_dev *dev, bm_value *
         return s;
     if (v->dev != dev)
         bm_rt_stats_add(rt, &rt->stats.bytes_activations_moved, v->nbytes);
+    (*out)->id_end = v->id_end;
     s = bm_dev_copy(dev, (*out)->data, v->dev, v->data, v->nbytes, err);
     if (s != BM_OK) {
         bm_value_free(rt, *out);
@@ -1052,6 +1078,7 @@ bm_status bm_value_rows(bm_rt *rt, const bm_value *v, int64_t r0, int64_t n, bm_
     bm_status s = bm_value_new(rt, v->dev, v->dtype, n, v->cols, "activation", out, err);
     if (s != BM_OK)
         return s;
+    (*out)->id_end = v->id_end;
     uint64_t row = (uint64_t)v->cols * 4;
     s = bm_dev_copy(v->dev, (*out)->data, v->dev, (const char *)v->data + (uint64_t)r0 * row,
                        (uint64_t)n * row, err);
@@ -1198,6 +1225,18 @@ bm_status bm_rt_forward(bm_rt *rt, const int32_t *ids, int64_t n, bool all_logit
     if (s != BM_OK)
         return s;
     memcpy(in->data, ids, (size_t)n * sizeof *ids);
+    /* checked here, on the host, so that no backend has to read ids back
+     * from its device: the embedding compares id_end with its rows */
+    int32_t top = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0) {
+            bm_value_free(rt, in);
+            return bm_fail(err, BM_E_INVALID, "token id %d out of range (negative)", ids[i]);
+        }
+        if (ids[i] > top)
+            top = ids[i];
+    }
+    in->id_end = (int64_t)top + 1;
     /* the caller puts its inputs on the main device, as a user of a
      * dispatched model does; the root hook (if any) moves them further */
     bm_dev *main_dev;
@@ -1427,7 +1466,7 @@ static void prefetch_start(bm_rt *rt)
 
 static void staged_free(staged *e)
 {
-    bm_dev_free(e->dev, e->b->data, e->b->size);
+    block_mem_free(e->b);
     free(e->b);
     free(e);
 }

@@ -112,6 +112,10 @@ typedef struct bm_value {
     bm_dtype dtype; /* BM_F32 or BM_I32 */
     int64_t rows, cols;
     uint64_t nbytes;
+    /* BM_I32 ids: every element lies in [0, id_end), as checked on the
+     * host where the ids were made; 0 = not known (the embedding reads
+     * them back to check). Copies keep it. */
+    int64_t id_end;
 } bm_value;
 
 #define BM_CALL_MAX_ARGS 4

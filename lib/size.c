@@ -188,3 +188,19 @@ char *bm_size_format_bits(uint64_t bits, char *buf, size_t len)
     snprintf(buf, len, "%.3f B", (double)bits / 8);
     return buf;
 }
+
+char *bm_count_format(uint64_t n, char *buf, size_t len)
+{
+    char tmp[32];
+    int nd = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)n);
+    size_t o = 0;
+    if (!len)
+        return buf;
+    for (int i = 0; i < nd && o + 2 < len; i++) {
+        if (i && (nd - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = tmp[i];
+    }
+    buf[o] = 0;
+    return buf;
+}

@@ -148,7 +148,7 @@ bm_status bm_devmap_check(const bm_tree *tree, const bm_devmap *map,
             bm_sb_printf(&b, " %s -> %s", tree->tensors[gr->tensors[i]].name,
                          k == BM_NONE ? "none" : bm_device_str(map->e[k].dev, dev, sizeof dev));
         }
-        st = b.failed ? bm_fail(err, BM_E_NOMEM, "out of memory") : problem(out, err, "%s", b.p);
+        st = b.oom ? bm_fail(err, BM_E_NOMEM, "out of memory") : problem(out, err, "%s", b.p);
         free(b.p);
     }
     bm_tied_free(&tied);

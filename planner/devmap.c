@@ -324,7 +324,7 @@ bm_status bm_devmap_to_json(const bm_devmap *map, char **out, size_t *len,
         }
         bm_sb_str(&b, "}\n");
     }
-    if (b.failed) {
+    if (b.oom) {
         free(b.p);
         return bm_fail(err, BM_E_NOMEM, "out of memory writing a device map");
     }

@@ -178,8 +178,8 @@ static const char *dev_str(const planner *p, int k, char *buf, size_t len)
 
 static void log_flush(planner *p)
 {
-    if (p->line.failed) {
-        p->line.failed = false;
+    if (p->line.oom) {
+        p->line.oom = false;
         p->line.n = 0;
         return;
     }

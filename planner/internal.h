@@ -6,17 +6,8 @@
 #define BM_PLANNER_INTERNAL_H
 
 #include "planner.h"
+#include "sbuf.h"
 
-/* A growable string. */
-typedef struct bm_sbuf {
-    char *p;
-    size_t n, cap;
-    bool failed;
-} bm_sbuf;
-
-void bm_sb_add(bm_sbuf *b, const char *s, size_t len);
-void bm_sb_str(bm_sbuf *b, const char *s);
-void bm_sb_printf(bm_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Python's repr() of a str: 'name' (or "it's" when it holds a quote). */
 void bm_sb_pyrepr(bm_sbuf *b, const char *s);
 

@@ -17,6 +17,8 @@
  *   BMPLAN_CUDA_REPORT=FILE    measure host -> device bandwidth at the first
  *                              device open, time uploads and GPU idle gaps,
  *                              and write them to FILE (JSON) at shutdown
+ *                              (what report_json returns for --report, which
+ *                              turns the same measurements on)
  *   BMPLAN_CUDA_ATTN=fused|gemm  force one attention path (tests)
  *   BMPLAN_CUDA_COPY_THREADS=N threads that fill the pinned staging buffers
  */
@@ -531,17 +533,45 @@ static bm_status stage(Backend *be, Ring &r, cudaStream_t st, void *dst, const v
     return BM_OK;
 }
 
+static bool host_registered(Backend *be, const void *src, size_t n);
+
 bm_status upload_inline(Backend *be, Gpu *g, void *dst, const void *src, size_t n,
                         bm_error *err)
 {
     double t0 = g->timing ? now_s() : 0;
-    bm_status s = stage(be, g->ring_compute, g->compute, dst, src, n, err);
+    bm_status s = BM_OK;
+    bool registered = host_registered(be, src, n);
+    if (registered) {
+        /* our pinned memory: DMA in order on the compute stream, no
+         * staging copy and no wait */
+        cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g->compute);
+        if (e != cudaSuccess)
+            s = cuda_fail(err, e, "upload");
+    } else {
+        s = stage(be, g->ring_compute, g->compute, dst, src, n, err);
+    }
     if (g->timing) {
         std::lock_guard<std::mutex> lk(g->stats_mu);
         g->st.inline_bytes += n;
         g->st.inline_s += now_s() - t0;
+        if (registered && s == BM_OK)
+            g->st.pinned_src_bytes += n;
     }
     return s;
+}
+
+/* [src, src+n) lies in memory from cu_host_alloc: it stays valid until
+ * cu_host_free, which waits for every stream, so a DMA from it may be
+ * left in flight. */
+static bool host_registered(Backend *be, const void *src, size_t n)
+{
+    uintptr_t a = (uintptr_t)src;
+    std::lock_guard<std::mutex> lk(be->host_mu);
+    auto it = be->host_blocks.upper_bound(a);
+    if (it == be->host_blocks.begin())
+        return false;
+    --it;
+    return a - it->first <= it->second && n <= it->second - (a - it->first);
 }
 
 static bool host_pinned(const void *p)
@@ -574,7 +604,11 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
     bm_status s = pool_wait_reuse(g, dst, g->copy, &b, err);
     if (s != BM_OK)
         return s;
-    bool pinned = n >= PARALLEL_COPY_MIN && host_pinned(src);
+    /* memory from host_alloc stays valid until host_free: its DMA is
+     * left in flight like a staged one; other pinned memory is the
+     * caller's to reuse at return, so its DMA is waited for */
+    bool registered = host_registered(be, src, n);
+    bool pinned = registered || (n >= PARALLEL_COPY_MIN && host_pinned(src));
     if (pinned) {
         e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g->copy);
         if (e != cudaSuccess)
@@ -584,7 +618,7 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
         if (s != BM_OK)
             return s;
     }
-    if (pinned || !b) {
+    if ((pinned && !registered) || !b) {
         /* the DMA reads the caller's memory, or there is no block to mark */
         e = cudaStreamSynchronize(g->copy);
     } else {
@@ -672,8 +706,6 @@ static void gpu_destroy(Gpu *g)
         cudaFree(g->scratch);
     if (g->rope_inv)
         cudaFree(g->rope_inv);
-    if (g->ids_host)
-        cudaFreeHost(g->ids_host);
     if (g->xfer)
         cudaEventDestroy(g->xfer);
     if (g->blas)
@@ -781,10 +813,22 @@ out:
  * The report file
  * ------------------------------------------------------------------------ */
 
-static void write_report(Backend *be)
+/* The report's fields (no braces): bandwidth measured at startup, then
+ * per GPU. Compute thread, after the run. */
+static std::string report_fields(Backend *be)
 {
-    std::string j = "{\n  \"backend\": \"cuda\",\n";
+    std::string j;
     char buf[1024];
+    uint64_t pinned_now, pinned_peak;
+    {
+        std::lock_guard<std::mutex> lk(be->host_mu);
+        pinned_now = be->host_bytes;
+        pinned_peak = be->host_bytes_peak;
+    }
+    snprintf(buf, sizeof buf,
+             "  \"host_alloc_bytes\": %llu,\n  \"host_alloc_peak_bytes\": %llu,\n",
+             (unsigned long long)pinned_now, (unsigned long long)pinned_peak);
+    j += buf;
     snprintf(buf, sizeof buf,
              "  \"h2d_pinned_GBps\": %.3f,\n  \"h2d_pageable_GBps\": %.3f,\n"
              "  \"h2d_staged_GBps\": %.3f,\n  \"gpus\": [",
@@ -825,7 +869,31 @@ static void write_report(Backend *be)
         j += buf;
         first = false;
     }
-    j += "\n  ]\n}\n";
+    j += "\n  ]\n";
+    return j;
+}
+
+/* GPU idle gaps still being measured are settled first. */
+static void report_settle(Backend *be)
+{
+    for (Gpu *g : be->gpus)
+        if (g) {
+            cudaSetDevice(g->ordinal);
+            cudaStreamSynchronize(g->compute);
+            gaps_resolve(g, true);
+        }
+    (void)cudaGetLastError();
+}
+
+static void write_report(Backend *be)
+{
+    std::string j;
+    try {
+        j = "{\n  \"backend\": \"cuda\",\n" + report_fields(be) + "}\n";
+    } catch (...) {
+        fprintf(stderr, "bmplan: cuda backend: out of memory for the report\n");
+        return;
+    }
     /* atomic: a temporary next to the file, then rename */
     std::string tmp = be->report_path + ".tmp." + std::to_string((long)getpid());
     FILE *f = fopen(tmp.c_str(), "w");
@@ -879,16 +947,14 @@ static void cu_shutdown(void *state)
     Backend *be = static_cast<Backend *>(state);
     if (!be)
         return;
-    for (Gpu *g : be->gpus)
-        if (g) {
-            cudaSetDevice(g->ordinal);
-            cudaStreamSynchronize(g->compute);
-            gaps_resolve(g, true);
-        }
-    if (be->report)
+    report_settle(be);
+    if (!be->report_path.empty())
         write_report(be);
     for (Gpu *g : be->gpus)
         gpu_destroy(g);
+    for (auto &kv : be->host_blocks) /* left by a caller: freed all the same */
+        cudaFreeHost(reinterpret_cast<void *>(kv.first));
+    be->host_blocks.clear();
     be->workers.stop();
     delete be;
 }
@@ -931,6 +997,8 @@ static bm_status cu_init(const bm_backend_config *cfg, void **state, bm_error *e
             be->report = true;
             be->report_path = rep;
         }
+        if (cfg && cfg->report)
+            be->report = true;
     } catch (...) {
         delete be;
         return fail(err, BM_E_NOMEM, "out of memory");
@@ -946,7 +1014,6 @@ static bm_status cu_init(const bm_backend_config *cfg, void **state, bm_error *e
     }
     /* staging copies use up to half the cores (at most 8), whatever
      * --threads says: that is for the CPU backend's operations */
-    (void)cfg;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int helpers = (int)(cores > 1 ? cores / 2 : 1);
     if (helpers > 8)
@@ -1264,6 +1331,77 @@ static bm_status cu_copy2d(void *dev, float *dst, int64_t ldd, const float *src,
     OP(({dst, src}), copy2d_run(d, dst, ldd, src, lds, rows, cols, err));
 }
 
+/* Pinned host memory for the runtime's host copies of offloaded weights
+ * (portable: any GPU can DMA from it). Registered so that uploads from
+ * it skip the staging rings and the wait for their DMA. */
+static bm_status cu_host_alloc(void *state, uint64_t size, void **ptr, bm_error *err)
+{
+    Backend *be = static_cast<Backend *>(state);
+    *ptr = nullptr;
+    if (size > ((uint64_t)1 << 50))
+        return fail(err, BM_E_NOMEM, "cuda: %llu bytes of pinned memory requested",
+                    (unsigned long long)size);
+    void *p = nullptr;
+    cudaError_t e = cudaHostAlloc(&p, size ? (size_t)size : 1, cudaHostAllocPortable);
+    if (e != cudaSuccess)
+        return cuda_fail(err, e, "pinned host memory");
+    try {
+        std::lock_guard<std::mutex> lk(be->host_mu);
+        be->host_blocks[(uintptr_t)p] = (size_t)size;
+        be->host_bytes += size;
+        if (be->host_bytes > be->host_bytes_peak)
+            be->host_bytes_peak = be->host_bytes;
+    } catch (...) {
+        cudaFreeHost(p);
+        return fail(err, BM_E_NOMEM, "out of memory");
+    }
+    *ptr = p;
+    return BM_OK;
+}
+
+static void cu_host_free(void *state, void *ptr)
+{
+    Backend *be = static_cast<Backend *>(state);
+    if (!ptr)
+        return;
+    {
+        std::lock_guard<std::mutex> lk(be->host_mu);
+        auto it = be->host_blocks.find((uintptr_t)ptr);
+        if (it == be->host_blocks.end())
+            return; /* not ours: leave it alone */
+        be->host_bytes -= it->second;
+        be->host_blocks.erase(it);
+    }
+    /* uploads from it may still be in flight on any GPU */
+    {
+        std::lock_guard<std::mutex> lk(be->mu);
+        for (Gpu *g : be->gpus)
+            if (g) {
+                cudaSetDevice(g->ordinal);
+                cudaStreamSynchronize(g->copy);
+                cudaStreamSynchronize(g->compute);
+            }
+    }
+    cudaFreeHost(ptr);
+    (void)cudaGetLastError();
+}
+
+static char *cu_report_json(void *state)
+{
+    Backend *be = static_cast<Backend *>(state);
+    report_settle(be);
+    std::string j;
+    try {
+        j = "{\n" + report_fields(be) + "}\n";
+    } catch (...) {
+        return nullptr;
+    }
+    char *out = static_cast<char *>(malloc(j.size() + 1));
+    if (out)
+        memcpy(out, j.c_str(), j.size() + 1);
+    return out;
+}
+
 static bm_backend_ops make_ops()
 {
     bm_backend_ops o;
@@ -1293,6 +1431,9 @@ static bm_backend_ops make_ops()
     o.gelu_tanh = cu_gelu_tanh;
     o.add = cu_add;
     o.copy2d = cu_copy2d;
+    o.host_alloc = cu_host_alloc;
+    o.host_free = cu_host_free;
+    o.report_json = cu_report_json;
     return o;
 }
 

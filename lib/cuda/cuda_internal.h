@@ -141,8 +141,6 @@ struct Gpu {
     float *rope_inv = nullptr; /* device: inverse frequencies */
     int64_t rope_hd = 0;
     float rope_theta = 0;
-    int32_t *ids_host = nullptr; /* pinned: token ids read back for checks */
-    size_t ids_cap = 0;
     /* report */
     bool timing = false;
     std::mutex stats_mu;
@@ -163,8 +161,13 @@ struct Backend {
     std::vector<cudaDeviceProp> props;
     std::mutex mu;
     CopyWorkers workers;
-    bool report = false;
-    std::string report_path;
+    bool report = false;     /* measure: --report or BMPLAN_CUDA_REPORT */
+    std::string report_path; /* BMPLAN_CUDA_REPORT: also written there */
+    /* host_alloc'ed (pinned) memory, by address -> size: uploads from it
+     * are DMA straight from the caller's memory, left in flight */
+    std::mutex host_mu;
+    std::map<uintptr_t, size_t> host_blocks;
+    uint64_t host_bytes = 0, host_bytes_peak = 0;
     bool measured = false;
     double h2d_pinned = 0, h2d_pageable = 0, h2d_staged = 0; /* GB/s */
     int attn_mode = 0; /* 0 auto, 1 always fused, 2 always GEMMs */

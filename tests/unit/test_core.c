@@ -66,6 +66,37 @@ static void size_bad(const char *s, bool zero)
     ck_assert(strlen(err.msg) > 0);
 }
 
+/* Python's format(n, ",") */
+START_TEST(test_count_format)
+{
+    char buf[32], small[6];
+    ck_assert_str_eq(bm_count_format(0, buf, sizeof buf), "0");
+    ck_assert_str_eq(bm_count_format(999, buf, sizeof buf), "999");
+    ck_assert_str_eq(bm_count_format(1000, buf, sizeof buf), "1,000");
+    ck_assert_str_eq(bm_count_format(1234567, buf, sizeof buf), "1,234,567");
+    ck_assert_str_eq(bm_count_format(UINT64_MAX, buf, sizeof buf), "18,446,744,073,709,551,615");
+    /* cut to fit, still terminated */
+    ck_assert_str_eq(bm_count_format(1234567, small, sizeof small), "1,23");
+}
+END_TEST
+
+/* the answers of POSIX dirname(1) and basename(1) */
+START_TEST(test_path_parts)
+{
+    static const char *const cases[][3] = {
+        {"a/out/", "a", "out"}, {"a/b/c.json", "a/b", "c.json"}, {"out", ".", "out"},
+        {"/x", "/", "x"},       {"/", "/", "/"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *d = bm_path_dirname(cases[i][0]), *b = bm_path_basename(cases[i][0]);
+        ck_assert_str_eq(d, cases[i][1]);
+        ck_assert_str_eq(b, cases[i][2]);
+        free(d);
+        free(b);
+    }
+}
+END_TEST
+
 START_TEST(test_size_strings)
 {
     ck_assert_int_eq(size_ok("10GiB", false), INT64_C(10737418240));
@@ -244,6 +275,8 @@ int main(void)
     tcase_add_test(tc, test_dtype_names);
     tcase_add_test(tc, test_dtype_accel_bits);
     tcase_add_test(tc, test_size_strings);
+    tcase_add_test(tc, test_count_format);
+    tcase_add_test(tc, test_path_parts);
     tcase_add_test(tc, test_size_shard);
     tcase_add_test(tc, test_tree_layout);
     tcase_add_test(tc, test_tree_sizes_net);

@@ -527,19 +527,84 @@ END_TEST
 
 START_TEST(test_workspace_llama_70b)
 {
+    /* bmplan run's rules at 4096 tokens: the widest live set of a llama
+     * layer is h, residual, x2, gate and up: 3 x 8192 + 2 x 28672 = 81,920
+     * floats a row; the token ids add 4 bytes a token; the head's set
+     * (two 8192-wide rows a token) is smaller */
     bm_model_dims d = dims_of("llama-2-70b");
     bm_workspace ws;
     bm_error err = {0};
-    ck_assert_int_eq(bm_workspace_compute(&d, BM_F16, 4096, 1, 0, &ws, &err), BM_OK);
+    ck_assert_int_eq(bm_workspace_compute(&d, 4096, 1, 0, &ws, &err), BM_OK);
     ck_assert(ws.estimate);
-    ck_assert_uint_eq(ws.hidden_bytes, 4096ull * 8192 * 2 * 2);
-    ck_assert_uint_eq(ws.attention_bytes, 4096ull * (8192 + 2 * 1024) * 2);
-    ck_assert_uint_eq(ws.scores_bytes, 64ull * 4096 * 4096 * 4);
-    ck_assert_uint_eq(ws.mlp_bytes, 4096ull * 28672 * 2 * 2);
-    ck_assert_uint_eq(ws.logits_bytes, 4096ull * 32000 * 4);
-    ck_assert_uint_eq(ws.total_bytes,
-                      ws.hidden_bytes + ws.attention_bytes + ws.scores_bytes + ws.logits_bytes);
-    ck_assert_int_eq(bm_workspace_compute(&d, BM_I8, 1, 1, 0, &ws, &err), BM_E_INVALID);
+    ck_assert_uint_eq(ws.layer_bytes, 4ull * 4096 * 81920);
+    ck_assert_uint_eq(ws.ids_bytes, 4ull * 4096);
+    ck_assert_uint_eq(ws.head_bytes, 8ull * 4096 * 8192);
+    ck_assert_uint_eq(ws.total_bytes, 4ull * 4096 * 81920 + 4 * 4096);
+    ck_assert_int_eq(bm_workspace_compute(&d, 4096, 3, 1000, &ws, &err), BM_OK);
+    ck_assert_uint_eq(ws.total_bytes, 3 * (4ull * 4096 * 81920 + 4 * 4096) + 1000);
+    /* the runner's float32 cache: 2 x 8 kv heads x 128 x 4 bytes a token */
+    uint64_t kv;
+    ck_assert_int_eq(bm_run_layer_kv(&d, 4096, 2, &kv, &err), BM_OK);
+    ck_assert_uint_eq(kv, 2ull * 2 * 8 * 128 * 4 * 4096);
+    ck_assert_int_eq(bm_workspace_compute(&d, 0, 1, 0, &ws, &err), BM_E_INVALID);
+    ck_assert_int_eq(bm_workspace_compute(&d, 1ull << 32, 1ull << 24, 0, &ws, &err),
+                     BM_E_OVERFLOW);
+}
+END_TEST
+
+/* bmplan run's needs for tests/fixtures/runner/tiny-llama (hidden 64, 4
+ * layers, 4 heads, 2 kv heads, head dim 16, MLP 172, vocab 256, float32,
+ * untied) on one GPU, computed by hand from its config */
+START_TEST(test_runner_device_needs_tiny_llama)
+{
+    bm_error err = {0};
+    bm_model_opts mo = {.model = FIX "runner/tiny-llama"};
+    bm_model *model = NULL;
+    ck_assert_msg(bm_model_open(&mo, &model, &err) == BM_OK, "%s", err.msg);
+    bm_map_entry map[1] = {{.name = "", .device = 0}};
+    bm_device_needs_opts o = {.map = map, .n_map = 1, .main_device = BM_DEVICE_NONE,
+                              .dtype = BM_DTYPE_INVALID, .prompt_tokens = 6, .max_tokens = 10};
+    bm_device_need nd[65];
+    int n = 0;
+    ck_assert_msg(bm_runner_device_needs(model->tree, &o, nd, &n, &err) == BM_OK, "%s", err.msg);
+    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(nd[0].device, 0);
+    /* parameters: embeddings 256 x 64, per layer q 64x64, k and v 32x64,
+     * o 64x64, gate/up/down 3 x 172x64, two norms of 64; final norm 64,
+     * head 256x64: 214,592 floats */
+    ck_assert_uint_eq(nd[0].weights, 214592ull * 4);
+    /* 4 layers x K and V x 2 kv heads x 16 x 4 bytes x 10 tokens */
+    ck_assert_uint_eq(nd[0].kv, 4ull * 2 * 2 * 16 * 4 * 10);
+    /* 6 prompt rows of the widest layer set, h + residual + x2 + gate + up
+     * = 3 x 64 + 2 x 172 = 536 floats, plus 6 int32 token ids; the head's
+     * set (2 x 64 floats a row, 3,072 bytes) is smaller */
+    ck_assert_uint_eq(nd[0].activations, 4ull * 6 * 536 + 4 * 6);
+    ck_assert_uint_eq(nd[0].staging, 0);
+    ck_assert_uint_eq(nd[0].peak, 858368 + 10240 + 12888);
+    /* host memory keeps the prompt's ids */
+    ck_assert_int_eq(nd[1].device, BM_DEVICE_CPU);
+    ck_assert_uint_eq(nd[1].peak, 4 * 6);
+    /* bfloat16 weights halve the weights, not the float32 caches */
+    o.dtype = BM_BF16;
+    ck_assert_int_eq(bm_runner_device_needs(model->tree, &o, nd, &n, &err), BM_OK);
+    ck_assert_uint_eq(nd[0].weights, 214592ull * 2);
+    ck_assert_uint_eq(nd[0].kv, 10240);
+    /* estimate's single-device workspace is the same rule */
+    bm_model_dims d;
+    ck_assert_int_eq(bm_model_dims_for_tree(model->tree, &d, &err), BM_OK);
+    o.prompt_tokens = 10;
+    ck_assert_int_eq(bm_runner_device_needs(model->tree, &o, nd, &n, &err), BM_OK);
+    bm_workspace ws;
+    ck_assert_int_eq(bm_workspace_compute(&d, 10, 1, 0, &ws, &err), BM_OK);
+    ck_assert_uint_eq(ws.total_bytes, nd[0].activations);
+    ck_assert_uint_eq(ws.total_bytes, 4ull * 10 * 536 + 4 * 10);
+    bm_kv_size kv;
+    ck_assert_int_eq(bm_kv_size_compute(&d, BM_F32, 10, 1, &kv, &err), BM_OK);
+    ck_assert_uint_eq(kv.total_bytes, nd[0].kv);
+    /* a prompt longer than the context is refused */
+    o.prompt_tokens = 11;
+    ck_assert_int_eq(bm_runner_device_needs(model->tree, &o, nd, &n, &err), BM_E_INVALID);
+    bm_model_close(model);
 }
 END_TEST
 
@@ -671,9 +736,10 @@ START_TEST(test_fleet_llama_70b_on_80gb)
         ck_assert_msg(bm_fleet_min_gpus(t, &o, &fit, &err) == BM_OK, "%s", err.msg);
         ck_assert_int_eq(fit.gpus, 2);
         ck_assert(fit.fits);
-        ck_assert_uint_eq(fit.kv.total_bytes, 1342177280);
+        /* float32, as bmplan run keeps it: 80 x 8 x 128 x 2 x 4 x 4096 */
+        ck_assert_uint_eq(fit.kv.total_bytes, 2684354560);
         ck_assert_int_eq(fit.gpu[0].layers + fit.gpu[1].layers, 80);
-        ck_assert_uint_eq(fit.gpu[0].kv + fit.gpu[1].kv, 1342177280);
+        ck_assert_uint_eq(fit.gpu[0].kv + fit.gpu[1].kv, 2684354560);
         for (int g = 0; g < 2; g++)
             ck_assert_uint_le(fit.gpu[g].weights + fit.gpu[g].kv + fit.gpu[g].workspace +
                                   o.reserve_bytes,
@@ -687,30 +753,31 @@ END_TEST
 
 START_TEST(test_fleet_llama_70b_on_24gb)
 {
-    /* A10 (23028 MiB): 1 GiB reserve and a 4.69 GiB workspace (estimate,
-     * 4 GiB of it the float32 scores of 64 heads at 4k) leave 16.80 GiB.
-     * A bfloat16 decoder layer is 1,713,406,080 bytes (1.60 GiB) plus 16 MiB
-     * of KV cache: ten fit a GPU, nine on GPU 0, which keeps a layer's
-     * room in reserve and holds the embeddings. 8 GPUs carry 79 layers;
-     * the 80th, the norm and the LM head need a 9th. */
+    /* A10 (23028 MiB = 24,146,608,128 bytes): 1 GiB reserve and bmplan
+     * run's workspace (4 x 4096 x 81,920 + 4 x 4096 = 1,342,193,664 bytes)
+     * leave 21,730,672,640. A bfloat16 decoder layer is 1,713,406,080
+     * bytes plus 33,554,432 of float32 KV cache: twelve fit a GPU. GPU 0
+     * also holds the embeddings (524,288,000) and keeps a layer's room in
+     * reserve: eleven. 11 + 5 x 12 = 71; the last 9, the norm and the head
+     * go on a 7th. */
     bm_tree *t = load_graph("llama-2-70b");
     bm_error err = {0};
     bm_fleet_opts o = fleet_opts("a10", BM_BF16, 4096, 1);
     bm_fleet_fit fit;
     ck_assert_msg(bm_fleet_min_gpus(t, &o, &fit, &err) == BM_OK, "%s", err.msg);
-    ck_assert_int_eq(fit.gpus, 9);
-    ck_assert_int_eq(fit.gpu[0].layers, 9);
-    for (int g = 1; g < 8; g++)
-        ck_assert_int_eq(fit.gpu[g].layers, 10);
-    ck_assert_int_eq(fit.gpu[8].layers, 1);
+    ck_assert_int_eq(fit.gpus, 7);
+    ck_assert_int_eq(fit.gpu[0].layers, 11);
+    for (int g = 1; g < 6; g++)
+        ck_assert_int_eq(fit.gpu[g].layers, 12);
+    ck_assert_int_eq(fit.gpu[6].layers, 9);
     check_same_as_plan(t, &o, &fit);
     bm_fleet_fit_free(&fit);
-    /* 8 do not hold it; with offloading one layer's worth and more goes to
+    /* 6 do not hold it; with offloading one layer's worth and more goes to
      * the CPU, and streams every token */
-    ck_assert_int_eq(bm_fleet_plan(t, &o, 8, false, &fit, &err), BM_OK);
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 6, false, &fit, &err), BM_OK);
     ck_assert(!fit.fits);
     bm_fleet_fit_free(&fit);
-    ck_assert_int_eq(bm_fleet_plan(t, &o, 8, true, &fit, &err), BM_OK);
+    ck_assert_int_eq(bm_fleet_plan(t, &o, 6, true, &fit, &err), BM_OK);
     ck_assert(!fit.fits);
     ck_assert_uint_ge(fit.cpu_bytes, 1713406080);
     ck_assert_uint_eq(fit.stream_per_token, fit.cpu_bytes + fit.disk_bytes);
@@ -801,6 +868,7 @@ int main(void)
     tcase_add_test(tc, test_workspace_llama_70b);
     tcase_add_test(tc, test_adam_rule);
     tcase_add_test(tc, test_gpu_specs);
+    tcase_add_test(tc, test_runner_device_needs_tiny_llama);
     tcase_add_test(tc, test_fleet_llama_70b_on_80gb);
     tcase_add_test(tc, test_fleet_llama_70b_on_24gb);
     tcase_add_test(tc, test_fleet_inverse_queries);
