@@ -3,13 +3,16 @@
 # offload write folders, bmplan graph one file), on a small generated
 # checkpoint (3 MiB):
 #   - SIGKILL at 20 points of each command's run (10 into a fresh output,
-#     10 replacing an older output with --force), chosen with a fixed seed
-#     among the syscalls that change the file system (writes, syncs,
-#     renames, creations, removals; strace delivers the signal at the
-#     chosen call). After each kill: the final name holds the older output
-#     byte for byte, the complete new output, or nothing; nothing else
-#     visible beside it but temporaries; the input unchanged. Then the next
-#     run succeeds, gives the reference output and leaves no temporaries.
+#     10 replacing an older output with --force; for offload 10 more with
+#     --merge into an older folder), chosen with a fixed seed among the
+#     syscalls of a traced reference run that change the file system
+#     (writes, syncs, renames, creations, removals; strace delivers the
+#     signal at the chosen call). After each kill: the final name holds the
+#     older output byte for byte, the complete new output, or nothing;
+#     nothing else visible beside it but temporaries; the input unchanged.
+#     Then the next run succeeds, gives the reference output and leaves no
+#     temporaries (graph -o: single files take no lock, so a killed run's
+#     hidden temporary file stays).
 #   - Failing writes: a file-size limit (ulimit -f), injected ENOSPC / EIO /
 #     EDQUOT at chosen calls, an unwritable parent folder, a missing
 #     parent: exit 1, one line naming what failed, nothing partial, an older
