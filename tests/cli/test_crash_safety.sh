@@ -275,6 +275,34 @@ limits_test() {
         [ "$(cat "$p/out")" = keep ] && ok "$kind: the file is kept" || notok "$kind: the file was changed"
     fi
 
+    # symlinks planted beside the output must never lead a run elsewhere: an
+    # output name that is a link to another folder or file, and links named
+    # like a killed run's temporaries
+    p=$d/links; mkdir -p "$p/victim"; echo precious >"$p/victim/keep"
+    local victim; victim=$(tree_digest "$p/victim")
+    cmd_for "$kind" "$SRC" "$p/out"
+    if [ "$kind" = graph ]; then
+        ln -s victim/keep "$p/out"
+        "$BMPLAN" "${CMD[@]}" >"$T/out" 2>"$T/err"
+        [ $? -eq 0 ] && [ -f "$p/out" ] && [ ! -L "$p/out" ] &&
+            ok "$kind: an output name that is a link is replaced, not followed" ||
+            notok "$kind: output through a link: $(head -c 200 "$T/err")"
+    else
+        ln -s victim "$p/out"
+        "$BMPLAN" "${CMD[@]}" "${FORCE[@]}" >"$T/out" 2>"$T/err"
+        local rc=$?
+        [ $rc -eq 1 ] && [ -L "$p/out" ] && ok "$kind: an output name that is a link is refused" ||
+            notok "$kind: output through a link: exit $rc, $(head -c 200 "$T/err")"
+        rm "$p/out"
+        ln -s victim "$p/.out.tmp-1"
+        "$BMPLAN" "${CMD[@]}" >"$T/out" 2>"$T/err"
+        [ $? -eq 0 ] && [ ! -e "$p/.out.tmp-1" ] && [ ! -L "$p/.out.tmp-1" ] &&
+            ok "$kind: a link named like a stale temporary is removed, not followed" ||
+            notok "$kind: stale-temporary link: $(ls -A "$p" | tr '\n' ' ') $(head -c 200 "$T/err")"
+    fi
+    [ "$(tree_digest "$p/victim")" = "$victim" ] && ok "$kind: the link's target is untouched" ||
+        notok "$kind: a run wrote through a link"
+
     # injected failures at calls chosen from the traced runs: a full disk
     # or a quota at a write or a creation, an I/O error at a sync, a failed
     # rename, in a fresh and in a replacing run
