@@ -143,14 +143,14 @@ int cmd_offload(int argc, char **argv)
                                           t->dtype, t->name, dtype, NULL, 0)) / 8);
     }
     if (merge) {
-        if (bm_outdir_lock(&od, out, &err))
+        if (bm_outdir_begin_merge(&od, out, &err))
             goto fail;
     } else if (bm_outdir_begin(&od, out, force, &err)) {
         goto fail;
     }
     od_open = true;
     bm_offload_write_opts wo = {.merge = merge, .zstd_level = level, .byte_planes = true};
-    if (bm_offload_writer_open(merge ? out : od.tmp, &wo, &w, &err))
+    if (bm_offload_writer_open(od.tmp, &wo, &w, &err))
         goto fail;
     bm_rewrite_opts ro = {.dtype = dtype, .jobs = (int)jobs, .select = select, .offload_names = names,
                           .by_reference = by_ref, .progress = &done, .warn = warn_cb,
@@ -165,9 +165,7 @@ int cmd_offload(int argc, char **argv)
     w = NULL;
     if (st)
         goto fail;
-    if (merge)
-        bm_outdir_abort(&od); /* releases the lock; there is no temporary */
-    else if (bm_outdir_commit(&od, &err)) {
+    if (bm_outdir_commit(&od, &err)) {
         od_open = false;
         goto fail;
     }

@@ -178,6 +178,65 @@ bm_status bm_outdir_begin(bm_outdir *od, const char *path, bool force, bm_error 
     return BM_OK;
 }
 
+/* Give the temporary folder every file of the existing output: a hard
+ * link (no bytes copied; writers replace files by renaming new ones in, so
+ * the old folder's files are never modified), or a copy where links are not
+ * possible. Only regular files are taken: anything else is refused rather
+ * than followed or dropped. */
+static bm_status seed_from_existing(bm_outdir *od, bm_error *err)
+{
+    DIR *d = opendir(od->path);
+    if (!d)
+        return bm_fail_errno(err, errno, "cannot read %s", od->path);
+    bm_status st = BM_OK;
+    struct dirent *e;
+    while (!st && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *src = bm_path_join(od->path, e->d_name);
+        char *dst = bm_path_join(od->tmp, e->d_name);
+        struct stat sb;
+        if (!src || !dst) {
+            st = bm_fail(err, BM_E_NOMEM, "out of memory");
+        } else if (lstat(src, &sb) != 0) {
+            st = bm_fail_errno(err, errno, "%s", src);
+        } else if (!S_ISREG(sb.st_mode)) {
+            st = bm_fail(err, BM_E_INVALID, "%s: '%.200s' is not a regular file; refusing to merge",
+                         od->path, e->d_name);
+        } else if (link(src, dst) != 0) {
+            int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            int out = in < 0 ? -1 : open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            if (in < 0 || out < 0)
+                st = bm_fail_errno(err, errno, "cannot copy %s", src);
+            else
+                st = bm_copy_range(out, 0, in, 0, (uint64_t)sb.st_size, dst, src, err);
+            if (!st && fsync(out) != 0)
+                st = bm_fail_errno(err, errno, "writing %s", dst);
+            if (in >= 0)
+                close(in);
+            if (out >= 0)
+                close(out);
+        }
+        free(src);
+        free(dst);
+    }
+    closedir(d);
+    return st;
+}
+
+bm_status bm_outdir_begin_merge(bm_outdir *od, const char *path, bm_error *err)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return bm_fail(err, BM_E_NOTFOUND, "%s: no such folder to merge into", path);
+    bm_status st = bm_outdir_begin(od, path, true, err);
+    if (st)
+        return st;
+    if ((st = seed_from_existing(od, err)))
+        bm_outdir_abort(od);
+    return st;
+}
+
 void bm_outdir_abort(bm_outdir *od)
 {
     if (od->tmp)

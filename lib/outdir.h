@@ -26,6 +26,11 @@ typedef struct bm_outdir {
  * existing `path` unless `force` (BM_E_EXISTS), remove stale temporaries
  * ("<parent>/.<base>.tmp-<pid>") and create an empty temporary folder. */
 bm_status bm_outdir_begin(bm_outdir *od, const char *path, bool force, bm_error *err);
+/* Like bm_outdir_begin(force) for updating an existing folder: the
+ * temporary starts as a copy of `path` made of hard links (copies where
+ * links are impossible), so a merge writes new files beside the old ones
+ * and bm_outdir_commit swaps the whole folder in at once. */
+bm_status bm_outdir_begin_merge(bm_outdir *od, const char *path, bm_error *err);
 /* Take the lock only, to update an existing folder in place. */
 bm_status bm_outdir_lock(bm_outdir *od, const char *path, bm_error *err);
 /* fsync the temporary folder, move it to `path`, fsync the parent, remove
