@@ -14,8 +14,8 @@ GB=${BENCH_GB:-4}
 W=$(mktemp -d /tmp/bmplan-bench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 libs="$B/libbmplan.a $(pkg-config --libs jansson yaml-0.1 libzstd) -lm -pthread"
-cc -O2 -std=c11 -D_GNU_SOURCE -Ilib -Iformats -o "$W/gen" bench/gen_checkpoint.c $libs
-cc -O2 -std=c11 -D_GNU_SOURCE -Ilib -Iformats -o "$W/readback" bench/bench_offload_read.c $libs
+cc -O2 -std=c11 -D_GNU_SOURCE -Ilib -Iformats -Iplanner -o "$W/gen" bench/gen_checkpoint.c $libs
+cc -O2 -std=c11 -D_GNU_SOURCE -Ilib -Iformats -Iplanner -o "$W/readback" bench/bench_offload_read.c $libs
 now() { date +%s.%N; }
 rate() { echo "$1 $2 $3" | awk '{ printf "%.2f", $1 / ($3 - $2) / 1e9 }'; }
 
