@@ -41,6 +41,7 @@ BACKEND=${BENCH_BACKEND:-cuda}
 BENCH=$BUILD/bench/gpu_bench
 [ -x "$BENCH" ] || make -s "$BENCH" || exit 1
 t0=$(date +%s)
+fail=0
 say() { echo "== [$(($(date +%s) - t0))s] $*" >&2; }
 
 say "machine"
@@ -77,21 +78,22 @@ EOF
 )
 
 say "bmrun: all resident (prefill 512, decode 32)"
-BMPLAN_CUDA_REPORT="$OUTD/cuda-resident.json" "$BENCH" "$MODEL" --gpu-layers -1 --prompt 512 \
+BMPLAN_CUDA_REPORT="$OUTD/cuda-resident.json" timeout 150 "$BENCH" "$MODEL" --gpu-layers -1 --prompt 512 \
     --generate 34 --warmup --dtype bfloat16 --backend "$BACKEND" --report "$OUTD/run-resident.json" \
-    >"$OUTD/bmrun-resident.json" || exit 1
+    >"$OUTD/bmrun-resident.json" || { echo "bmrun resident: failed" >&2; fail=1; }
 cat "$OUTD/bmrun-resident.json" >&2
 
 say "bmrun: layers >= $GPU_LAYERS on cpu, GPU budget $budget bytes (decode 12)"
-BMPLAN_CUDA_REPORT="$OUTD/cuda-offload.json" "$BENCH" "$MODEL" --gpu-layers "$GPU_LAYERS" \
+BMPLAN_CUDA_REPORT="$OUTD/cuda-offload.json" timeout 150 "$BENCH" "$MODEL" --gpu-layers "$GPU_LAYERS" \
     --prompt 32 --generate 13 --warmup --dtype bfloat16 --budget "$budget" --backend "$BACKEND" \
-    --report "$OUTD/run-offload.json" >"$OUTD/bmrun-offload.json" || exit 1
+    --report "$OUTD/run-offload.json" >"$OUTD/bmrun-offload.json" || { echo "bmrun offload: failed" >&2; fail=1; }
 cat "$OUTD/bmrun-offload.json" >&2
 
 if [ "${BENCH_SKIP_TORCH:-0}" != 1 ]; then
     say "PyTorch eager and accelerate"
-    python3 bench/gpu_reference.py "$MODEL" --gpu-layers "$GPU_LAYERS" --prompt 512 --generate 32 \
-        --offload-prompt 32 --offload-generate 6 >"$OUTD/torch.json" || exit 1
+    PYTHONUNBUFFERED=1 timeout 300 python3 bench/gpu_reference.py "$MODEL" --gpu-layers "$GPU_LAYERS" --prompt 512 --generate 32 \
+        --offload-prompt 32 --offload-generate 6 >"$OUTD/torch.json" ||
+        { echo "gpu_reference.py: failed" >&2; echo '{}' >"$OUTD/torch.json"; }
     cat "$OUTD/torch.json" >&2
 else
     echo '{}' >"$OUTD/torch.json"
@@ -103,13 +105,17 @@ import json, os, sys
 d = sys.argv[1]
 def ld(n):
     p = os.path.join(d, n)
-    return json.load(open(p)) if os.path.exists(p) else {}
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError):
+        return {}
 res, off = ld("bmrun-resident.json"), ld("bmrun-offload.json")
 cres, coff, tor = ld("cuda-resident.json"), ld("cuda-offload.json"), ld("torch.json")
 machine = open(os.path.join(d, "machine.txt")).read().strip()
 pinned = coff.get("h2d_pinned_GBps") or cres.get("h2d_pinned_GBps") or 0
 g = coff["gpus"][0] if coff.get("gpus") else {}
-eff = off["effective_GBps"]
+eff = off.get("effective_GBps", 0)
+nan = float("nan")
 rows, verdicts = [], []
 def row(what, value, target=None, ok=None):
     rows.append((what, value, target or "", "" if ok is None else ("yes" if ok else "NO")))
@@ -118,35 +124,40 @@ def row(what, value, target=None, ok=None):
 row("pinned host->device (measured at startup)", f"{pinned:.1f} GB/s")
 row("pageable host->device (driver staging)", f"{coff.get('h2d_pageable_GBps', 0):.1f} GB/s")
 row("pageable host->device (bmplan staging rings)", f"{coff.get('h2d_staged_GBps', 0):.1f} GB/s")
-row("streamed decode: effective host->device", f"{eff:.1f} GB/s ({off['offloaded_bytes_per_token']/1e9:.2f} GB/token)",
+row("streamed decode: effective host->device", f"{eff:.1f} GB/s ({off.get('offloaded_bytes_per_token', 0)/1e9:.2f} GB/token)",
     ">= 85% of pinned", pinned > 0 and eff >= 0.85 * pinned)
 if g:
     row("streamed uploads inside the backend", f"{g.get('streamed_GBps', 0):.1f} GB/s")
     row("GPU idle waiting on uploads (offload run)", f"{g.get('gpu_idle_waiting_on_uploads_s', 0):.2f} s of {g.get('gpu_idle_s', 0):.2f} s idle")
-row("bmrun offload: time per token", f"{off['decode_median_s']*1e3:.1f} ms")
+row("bmrun offload: time per token", f"{off.get('decode_median_s', nan)*1e3:.1f} ms")
 acc = tor.get("offload_decode_median_s")
 if acc:
     row("accelerate offload: time per token", f"{acc*1e3:.1f} ms", "bmrun >= 3x faster",
-        acc >= 3 * off["decode_median_s"])
-row("bmrun resident: time per token", f"{res['decode_median_s']*1e3:.2f} ms")
+        "decode_median_s" in off and acc >= 3 * off["decode_median_s"])
+row("bmrun resident: time per token", f"{res.get('decode_median_s', nan)*1e3:.2f} ms")
 for attn in ("sdpa", "eager"):
     t = tor.get(f"eager_{attn}_decode_median_s")
     if t:
         row(f"PyTorch eager ({attn}) resident: time per token", f"{t*1e3:.2f} ms",
             "bmrun within 1.2x" if attn == "sdpa" else None,
-            res["decode_median_s"] <= 1.2 * t if attn == "sdpa" else None)
-row("bmrun resident: 512-token prefill", f"{res['prefill_s']*1e3:.1f} ms")
+            res.get("decode_median_s", nan) <= 1.2 * t if attn == "sdpa" else None)
+row("bmrun resident: 512-token prefill", f"{res.get('prefill_s', nan)*1e3:.1f} ms")
 for attn in ("sdpa", "eager"):
     t = tor.get(f"eager_{attn}_prefill_s")
     if t:
         row(f"PyTorch eager ({attn}): 512-token prefill", f"{t*1e3:.1f} ms",
             "bmrun within 1.2x" if attn == "sdpa" else None,
-            res["prefill_s"] <= 1.2 * t if attn == "sdpa" else None)
+            res.get("prefill_s", nan) <= 1.2 * t if attn == "sdpa" else None)
 md = ["# bench/gpu.sh", "", "```", machine,
       f"torch {tor.get('torch')}, transformers {tor.get('transformers')}, accelerate {tor.get('accelerate')}",
       "```", "", "| figure | value | target | met |", "|---|---|---|---|"]
 md += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
 md += ["", f"targets met: {sum(verdicts)} of {len(verdicts)}"]
+errs = [f"{k}: {v}" for k, v in tor.items() if k.endswith("_error")]
+if not res or not off:
+    errs.append("bmrun: " + ("" if res else "resident run failed ") + ("" if off else "offload run failed"))
+if errs:
+    md += ["", "errors:"] + [f"- {e}" for e in errs]
 text = "\n".join(md) + "\n"
 open(os.path.join(d, "bench-summary.md"), "w").write(text)
 json.dump({"machine": machine, "bmrun_resident": res, "bmrun_offload": off, "cuda_resident": cres,
@@ -155,3 +166,4 @@ json.dump({"machine": machine, "bmrun_resident": res, "bmrun_offload": off, "cud
 print(text)
 EOF
 say "done"
+exit $fail

@@ -47,6 +47,9 @@ def prompt_ids(n, vocab):
 
 
 def set_attn(m, name):
+    if hasattr(m, "set_attn_implementation"):  # transformers >= 4.56
+        m.set_attn_implementation(name)
+        return
     m.config._attn_implementation = name
     for mod in m.modules():
         cfg = getattr(mod, "config", None)
@@ -102,32 +105,47 @@ def main():
     except ImportError:
         res["accelerate"] = None
 
-    t0 = time.perf_counter()
-    m = load(a.model, {"": 0})
-    res["resident_load_s"] = time.perf_counter() - t0
-    vocab = m.config.vocab_size
-    ids = prompt_ids(a.prompt, vocab)
-    for attn in ("sdpa", "eager"):
-        set_attn(m, attn)
-        res[f"eager_{attn}_prefill_s"] = prefill(m, ids)
-        res[f"eager_{attn}_decode_median_s"], _ = decode(m, ids, a.generate)
-        print(f"gpu_reference.py: resident ({attn}) done", file=sys.stderr, flush=True)
-    layers = m.config.num_hidden_layers
-    del m
+    # a stage that fails (another transformers' API, say) is reported in
+    # the JSON as "<stage>_error" and the others still run
+    with open(a.model + "/config.json") as f:
+        cfg = json.load(f)
+    vocab, layers = cfg["vocab_size"], cfg["num_hidden_layers"]
+    try:
+        t0 = time.perf_counter()
+        m = load(a.model, {"": 0})
+        res["resident_load_s"] = time.perf_counter() - t0
+        ids = prompt_ids(a.prompt, vocab)
+        for attn in ("sdpa", "eager"):
+            try:
+                set_attn(m, attn)
+                res[f"eager_{attn}_prefill_s"] = prefill(m, ids)
+                res[f"eager_{attn}_decode_median_s"], _ = decode(m, ids, a.generate)
+                print(f"gpu_reference.py: resident ({attn}) done", file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001
+                res[f"eager_{attn}_error"] = f"{type(e).__name__}: {e}"
+                print(f"gpu_reference.py: resident ({attn}): {e!r}", file=sys.stderr, flush=True)
+        del m
+    except Exception as e:  # noqa: BLE001
+        res["resident_error"] = f"{type(e).__name__}: {e}"
+        print(f"gpu_reference.py: resident: {e!r}", file=sys.stderr, flush=True)
     torch.cuda.empty_cache()
 
     if not a.skip_offload:
-        dm = {"model.embed_tokens": 0}
-        for l in range(layers):
-            dm[f"model.layers.{l}"] = 0 if l < a.gpu_layers else "cpu"
-        dm["model.norm"] = "cpu"
-        dm["lm_head"] = "cpu"
-        t0 = time.perf_counter()
-        m = load(a.model, dm)
-        res["offload_load_s"] = time.perf_counter() - t0
-        res["offload_decode_median_s"], _ = decode(m, prompt_ids(a.offload_prompt, vocab),
-                                                   a.offload_generate, warm=1)
-        print("gpu_reference.py: accelerate offload done", file=sys.stderr, flush=True)
+        try:
+            dm = {"model.embed_tokens": 0}
+            for l in range(layers):
+                dm[f"model.layers.{l}"] = 0 if l < a.gpu_layers else "cpu"
+            dm["model.norm"] = "cpu"
+            dm["lm_head"] = "cpu"
+            t0 = time.perf_counter()
+            m = load(a.model, dm)
+            res["offload_load_s"] = time.perf_counter() - t0
+            res["offload_decode_median_s"], _ = decode(m, prompt_ids(a.offload_prompt, vocab),
+                                                       a.offload_generate, warm=1)
+            print("gpu_reference.py: accelerate offload done", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001
+            res["offload_error"] = f"{type(e).__name__}: {e}"
+            print(f"gpu_reference.py: accelerate offload: {e!r}", file=sys.stderr, flush=True)
     print(json.dumps(res))
 
 

@@ -83,9 +83,9 @@ ls -la build/libbmplan_cuda.so build/tests/gpu/test_cuda build/bench/gpu_bench
 rc_test=0
 say "test-gpu"
 if [ $strict = 1 ]; then
-    timeout "$(cap 240)" make test-gpu >"$OUT/test-gpu.log" 2>&1
+    CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-90} timeout "$(cap 180)" make test-gpu >"$OUT/test-gpu.log" 2>&1
 else
-    BUILD=build timeout "$(cap 240)" bash tests/gpu/run.sh >"$OUT/test-gpu.log" 2>&1
+    CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-90} BUILD=build timeout "$(cap 180)" bash tests/gpu/run.sh >"$OUT/test-gpu.log" 2>&1
 fi
 rc_test=$?
 tail -25 "$OUT/test-gpu.log"
@@ -98,7 +98,7 @@ if ! skip sanitizer; then
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     BMPLAN_CUDA_LIB=$PWD/build/libbmplan_cuda.so BMPLAN_TEST_GPUS=1 CK_FORK=no \
         CK_RUN_CASE=sanitize CK_DEFAULT_TIMEOUT=600 \
-        timeout "$(cap 150)" "$CS" --tool memcheck --leak-check no --error-exitcode 9 \
+        timeout "$(cap 120)" "$CS" --tool memcheck --leak-check no --error-exitcode 9 \
         build/tests/gpu/test_cuda >"$OUT/sanitizer.log" 2>&1
     rc_san=$?
     tail -15 "$OUT/sanitizer.log"
