@@ -83,6 +83,13 @@ BMPLAN_CUDA_REPORT="$OUTD/cuda-resident.json" timeout 150 "$BENCH" "$MODEL" --gp
     >"$OUTD/bmrun-resident.json" || { echo "bmrun resident: failed" >&2; fail=1; }
 cat "$OUTD/bmrun-resident.json" >&2
 
+if [ "${BENCH_PROFILE:-1}" = 1 ]; then
+    say "bmrun: all resident, every operation timed (BMPLAN_CUDA_PROFILE)"
+    BMPLAN_CUDA_PROFILE=1 BMPLAN_CUDA_REPORT="$OUTD/cuda-resident-profile.json" timeout 150 "$BENCH" \
+        "$MODEL" --gpu-layers -1 --prompt 512 --generate 34 --warmup --dtype bfloat16 \
+        --backend "$BACKEND" >"$OUTD/bmrun-resident-profile.json" || echo "bmrun profile: failed" >&2
+fi
+
 say "bmrun: layers >= $GPU_LAYERS on cpu, GPU budget $budget bytes (decode 12)"
 BMPLAN_CUDA_REPORT="$OUTD/cuda-offload.json" timeout 150 "$BENCH" "$MODEL" --gpu-layers "$GPU_LAYERS" \
     --prompt 32 --generate 13 --warmup --dtype bfloat16 --budget "$budget" --backend "$BACKEND" \
@@ -111,6 +118,7 @@ def ld(n):
         return {}
 res, off = ld("bmrun-resident.json"), ld("bmrun-offload.json")
 cres, coff, tor = ld("cuda-resident.json"), ld("cuda-offload.json"), ld("torch.json")
+cprof = ld("cuda-resident-profile.json")
 machine = open(os.path.join(d, "machine.txt")).read().strip()
 pinned = coff.get("h2d_pinned_GBps") or cres.get("h2d_pinned_GBps") or 0
 g = coff["gpus"][0] if coff.get("gpus") else {}
@@ -127,7 +135,7 @@ row("pageable host->device (bmplan staging rings)", f"{coff.get('h2d_staged_GBps
 row("streamed decode: effective host->device", f"{eff:.1f} GB/s ({off.get('offloaded_bytes_per_token', 0)/1e9:.2f} GB/token)",
     ">= 85% of pinned", pinned > 0 and eff >= 0.85 * pinned)
 if g:
-    row("streamed uploads inside the backend", f"{g.get('streamed_GBps', 0):.1f} GB/s")
+    row("streamed uploads: copy-stream DMA rate", f"{g.get('streamed_dma_GBps', 0):.1f} GB/s")
     row("GPU idle waiting on uploads (offload run)", f"{g.get('gpu_idle_waiting_on_uploads_s', 0):.2f} s of {g.get('gpu_idle_s', 0):.2f} s idle")
 row("bmrun offload: time per token", f"{off.get('decode_median_s', nan)*1e3:.1f} ms")
 acc = tor.get("offload_decode_median_s")
@@ -141,7 +149,8 @@ for attn in ("sdpa", "eager"):
         row(f"PyTorch eager ({attn}) resident: time per token", f"{t*1e3:.2f} ms",
             "bmrun within 1.2x" if attn == "sdpa" else None,
             res.get("decode_median_s", nan) <= 1.2 * t if attn == "sdpa" else None)
-row("bmrun resident: 512-token prefill", f"{res.get('prefill_s', nan)*1e3:.1f} ms")
+row("bmrun resident: 512-token prefill (median of 3, warm)", f"{res.get('prefill_s', nan)*1e3:.1f} ms")
+row("bmrun resident: 512-token prefill, first (cold) run", f"{res.get('prefill_cold_s', nan)*1e3:.1f} ms")
 for attn in ("sdpa", "eager"):
     t = tor.get(f"eager_{attn}_prefill_s")
     if t:
@@ -153,6 +162,14 @@ md = ["# bench/gpu.sh", "", "```", machine,
       "```", "", "| figure | value | target | met |", "|---|---|---|---|"]
 md += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
 md += ["", f"targets met: {sum(verdicts)} of {len(verdicts)}"]
+pg = cprof.get("gpus", [{}])[0].get("profile") if cprof.get("gpus") else None
+if pg:
+    md += ["", "Every operation timed (all resident; the warm-up run, three prefills and",
+           "the timed run together; BMPLAN_CUDA_PROFILE=1):", "",
+           "| operation | calls | GPU ms | GPU us/call | host us/call |", "|---|---|---|---|---|"]
+    for o in sorted(pg, key=lambda o: -o["gpu_s"]):
+        md.append(f"| {o['op']} | {o['calls']} | {o['gpu_s']*1e3:.1f} | "
+                  f"{o['gpu_s']/o['calls']*1e6:.1f} | {o['host_s']/o['calls']*1e6:.1f} |")
 errs = [f"{k}: {v}" for k, v in tor.items() if k.endswith("_error")]
 if not res or not off:
     errs.append("bmrun: " + ("" if res else "resident run failed ") + ("" if off else "offload run failed"))

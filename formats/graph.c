@@ -994,7 +994,7 @@ static bm_status build_module(struct gp *g, uint32_t node, uint32_t key,
     enum { K_CLASS, K_PARAMS, K_BUFFERS, K_MODULES, K_REPEAT, K_TEMPLATE };
     uint32_t s[6];
     bm_status st;
-    size_t old;
+    size_t old = 0;
     if (local && !path_push(g, local, &old))
         return doc_nomem(g->d);
     char where[400];

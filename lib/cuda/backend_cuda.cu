@@ -21,6 +21,8 @@
  *                              turns the same measurements on)
  *   BMPLAN_CUDA_ATTN=fused|gemm  force one attention path (tests)
  *   BMPLAN_CUDA_COPY_THREADS=N threads that fill the pinned staging buffers
+ *   BMPLAN_CUDA_PROFILE=1      with the report: GPU and host time of every
+ *                              kind of operation (events around each one)
  */
 #include "cuda_internal.h"
 
@@ -454,6 +456,73 @@ void op_end(Gpu *g)
     g->uploads_at_tail = g->uploads_done.load();
 }
 
+/* Settle the profile's pending events (all of them when `wait`). */
+static void prof_resolve(Gpu *g, bool wait)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < g->prof_pending.size(); i++) {
+        ProfRec &r = g->prof_pending[i];
+        cudaError_t q = wait ? cudaEventSynchronize(r.b) : cudaEventQuery(r.b);
+        if (q == cudaErrorNotReady) {
+            (void)cudaGetLastError();
+            g->prof_pending[keep++] = r;
+            continue;
+        }
+        float ms = 0;
+        if (q == cudaSuccess && cudaEventElapsedTime(&ms, r.a, r.b) == cudaSuccess)
+            g->prof[r.kind].gpu_s += ms * 1e-3;
+        (void)cudaGetLastError();
+        try {
+            g->spare_events.push_back(r.a);
+            g->spare_events.push_back(r.b);
+        } catch (...) {
+            cudaEventDestroy(r.a);
+            cudaEventDestroy(r.b);
+        }
+    }
+    g->prof_pending.resize(keep);
+}
+
+/* Around one operation (profile only): `a` recorded before it, NULL when
+ * the profile is off or an event is missing. */
+static cudaEvent_t prof_begin(Gpu *g)
+{
+    if (!g->profile)
+        return nullptr;
+    cudaEvent_t a = event_get(g);
+    if (a && cudaEventRecord(a, g->compute) != cudaSuccess) {
+        (void)cudaGetLastError();
+        g->spare_events.push_back(a);
+        return nullptr;
+    }
+    return a;
+}
+
+static void prof_end(Gpu *g, cudaEvent_t a, int kind, double host_s)
+{
+    if (!a)
+        return;
+    g->prof[kind].calls++;
+    g->prof[kind].host_s += host_s;
+    cudaEvent_t b = event_get(g);
+    if (!b || cudaEventRecord(b, g->compute) != cudaSuccess) {
+        (void)cudaGetLastError();
+        g->spare_events.push_back(a);
+        if (b)
+            g->spare_events.push_back(b);
+        return;
+    }
+    try {
+        g->prof_pending.push_back(ProfRec{kind, a, b});
+    } catch (...) {
+        g->spare_events.push_back(a);
+        g->spare_events.push_back(b);
+        return;
+    }
+    if (g->prof_pending.size() >= 4096)
+        prof_resolve(g, false);
+}
+
 static void await_one(Gpu *g, const void *ptr)
 {
     Pool &p = g->pool;
@@ -609,6 +678,14 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
      * caller's to reuse at return, so its DMA is waited for */
     bool registered = host_registered(be, src, n);
     bool pinned = registered || (n >= PARALLEL_COPY_MIN && host_pinned(src));
+    cudaEvent_t dma_a = nullptr, dma_b = nullptr;
+    if (g->timing && cudaEventCreate(&dma_a) == cudaSuccess) {
+        if (cudaEventRecord(dma_a, g->copy) != cudaSuccess) {
+            cudaEventDestroy(dma_a);
+            dma_a = nullptr;
+        }
+    }
+    (void)cudaGetLastError();
     if (pinned) {
         e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, g->copy);
         if (e != cudaSuccess)
@@ -617,6 +694,23 @@ static bm_status upload_streamed(Backend *be, Gpu *g, void *dst, const void *src
         s = stage(be, g->ring_copy, g->copy, dst, src, n, err);
         if (s != BM_OK)
             return s;
+    }
+    if (dma_a) {
+        bool kept = false;
+        if (cudaEventCreate(&dma_b) == cudaSuccess && cudaEventRecord(dma_b, g->copy) == cudaSuccess) {
+            try {
+                std::lock_guard<std::mutex> lk(g->stats_mu);
+                g->dma_pending.emplace_back(dma_a, dma_b);
+                kept = true;
+            } catch (...) {
+            }
+        }
+        (void)cudaGetLastError();
+        if (!kept) {
+            cudaEventDestroy(dma_a);
+            if (dma_b)
+                cudaEventDestroy(dma_b);
+        }
     }
     if ((pinned && !registered) || !b) {
         /* the DMA reads the caller's memory, or there is no block to mark */
@@ -724,6 +818,7 @@ static bm_status gpu_create(Backend *be, int ordinal, Gpu **out, bm_error *err)
         return fail(err, BM_E_NOMEM, "out of memory");
     g->ordinal = ordinal;
     g->timing = be->report;
+    g->profile = be->report && be->profile;
     cudaError_t e = cudaSetDevice(ordinal);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&g->compute, cudaStreamNonBlocking);
@@ -818,7 +913,7 @@ out:
 static std::string report_fields(Backend *be)
 {
     std::string j;
-    char buf[1024];
+    char buf[2048];
     uint64_t pinned_now, pinned_peak;
     {
         std::lock_guard<std::mutex> lk(be->host_mu);
@@ -852,6 +947,7 @@ static std::string report_fields(Backend *be)
         snprintf(buf, sizeof buf,
                  "%s\n    {\"ordinal\": %d, \"name\": \"%s\", \"memory_bytes\": %llu,\n"
                  "     \"streamed_bytes\": %llu, \"streamed_s\": %.6f, \"streamed_GBps\": %.3f,"
+                 " \"streamed_dma_s\": %.6f, \"streamed_dma_GBps\": %.3f,"
                  " \"streamed_calls\": %llu, \"pinned_source_bytes\": %llu,\n"
                  "     \"inline_upload_bytes\": %llu, \"inline_upload_s\": %.6f,\n"
                  "     \"ops\": %llu, \"gpu_idle_s\": %.6f, \"gpu_idle_waiting_on_uploads_s\": %.6f,"
@@ -860,6 +956,8 @@ static std::string report_fields(Backend *be)
                  first ? "" : ",", p, name, (unsigned long long)be->props[p].totalGlobalMem,
                  (unsigned long long)st.streamed_bytes, st.streamed_s,
                  st.streamed_s > 0 ? (double)st.streamed_bytes / st.streamed_s / 1e9 : 0.0,
+                 st.streamed_dma_s,
+                 st.streamed_dma_s > 0 ? (double)st.streamed_bytes / st.streamed_dma_s / 1e9 : 0.0,
                  (unsigned long long)st.streamed_calls, (unsigned long long)st.pinned_src_bytes,
                  (unsigned long long)st.inline_bytes, st.inline_s, (unsigned long long)st.ops,
                  st.idle_s + st.upload_wait_s, st.idle_upload_s + st.upload_wait_s,
@@ -867,6 +965,27 @@ static std::string report_fields(Backend *be)
                  (unsigned long long)g->pool.reserved_peak,
                  (unsigned long long)g->pool.n_cuda_malloc);
         j += buf;
+        if (g->profile) {
+            static const char *const names[PK_COUNT] = {
+                "linear (<= 8 rows)", "linear (> 8 rows)", "embedding", "rmsnorm",
+                "layernorm", "rope", "attention (<= 8 rows)", "attention (> 8 rows)",
+                "silu_mul", "gelu", "add", "copy", "copy2d"};
+            j.pop_back(); /* the object's '}' */
+            j += ",\n     \"profile\": [";
+            bool pf = true;
+            for (int k = 0; k < PK_COUNT; k++) {
+                if (!g->prof[k].calls)
+                    continue;
+                snprintf(buf, sizeof buf,
+                         "%s\n      {\"op\": \"%s\", \"calls\": %llu, \"gpu_s\": %.6f,"
+                         " \"host_s\": %.6f}",
+                         pf ? "" : ",", names[k], (unsigned long long)g->prof[k].calls,
+                         g->prof[k].gpu_s, g->prof[k].host_s);
+                j += buf;
+                pf = false;
+            }
+            j += "]}";
+        }
         first = false;
     }
     j += "\n  ]\n";
@@ -881,6 +1000,17 @@ static void report_settle(Backend *be)
             cudaSetDevice(g->ordinal);
             cudaStreamSynchronize(g->compute);
             gaps_resolve(g, true);
+            prof_resolve(g, true);
+            cudaStreamSynchronize(g->copy);
+            std::lock_guard<std::mutex> lk(g->stats_mu);
+            for (auto &ab : g->dma_pending) {
+                float ms = 0;
+                if (cudaEventElapsedTime(&ms, ab.first, ab.second) == cudaSuccess)
+                    g->st.streamed_dma_s += ms * 1e-3;
+                cudaEventDestroy(ab.first);
+                cudaEventDestroy(ab.second);
+            }
+            g->dma_pending.clear();
         }
     (void)cudaGetLastError();
 }
@@ -1003,6 +1133,8 @@ static bm_status cu_init(const bm_backend_config *cfg, void **state, bm_error *e
         delete be;
         return fail(err, BM_E_NOMEM, "out of memory");
     }
+    const char *prof = getenv("BMPLAN_CUDA_PROFILE");
+    be->profile = prof && *prof && strcmp(prof, "0") != 0;
     const char *attn = getenv("BMPLAN_CUDA_ATTN");
     if (attn && strcmp(attn, "fused") == 0)
         be->attn_mode = 1;
@@ -1181,6 +1313,8 @@ static bm_status cu_copy(void *dst_dev, void *dst, void *src_dev, const void *sr
         return s;
     op_begin(dg);
     await_uploads(dg, {dst, src});
+    double t0 = dg->profile ? now_s() : 0;
+    cudaEvent_t pa = prof_begin(dg);
     cudaError_t e;
     if (dg == sg) {
         e = cudaMemcpyAsync(dst, src, (size_t)n, cudaMemcpyDeviceToDevice, dg->compute);
@@ -1207,6 +1341,7 @@ static bm_status cu_copy(void *dst_dev, void *dst, void *src_dev, const void *sr
             e = cudaStreamWaitEvent(sg->compute, dg->xfer, 0);
         cudaSetDevice(dg->ordinal); /* op_end's events belong to dg */
     }
+    prof_end(dg, pa, PK_COPY, dg->profile ? now_s() - t0 : 0);
     op_end(dg);
     return e == cudaSuccess ? BM_OK : cuda_fail(err, e, "copy between devices");
 }
@@ -1224,7 +1359,7 @@ static bm_status cu_synchronize(void *dev, bm_error *err)
 }
 
 /* Every operation: on its GPU, marked for the owner thread and idle gaps. */
-#define OP(ptrs, call)                                                                      \
+#define OP(kind, ptrs, call)                                                                \
     do {                                                                                    \
         Dev *d = D(dev);                                                                    \
         bm_status s_ = set_device(d, err);                                                  \
@@ -1232,7 +1367,10 @@ static bm_status cu_synchronize(void *dev, bm_error *err)
             return s_;                                                                      \
         op_begin(d->g);                                                                     \
         await_uploads(d->g, std::initializer_list<const void *> ptrs);                      \
+        double t0_ = d->g->profile ? now_s() : 0;                                           \
+        cudaEvent_t pa_ = prof_begin(d->g);                                                 \
         s_ = (call);                                                                        \
+        prof_end(d->g, pa_, (kind), d->g->profile ? now_s() - t0_ : 0);                     \
         op_end(d->g);                                                                       \
         return s_;                                                                          \
     } while (0)
@@ -1241,32 +1379,32 @@ static bm_status cu_linear(void *dev, float *y, const float *x, int64_t M, int64
                            const void *w, bm_dtype wdt, bool w_kn, const void *bias,
                            bm_dtype act, bm_error *err)
 {
-    OP(({y, x, w, bias}), k_linear(d, y, x, M, K, N, w, wdt, w_kn, bias, act, err));
+    OP(M <= 8 ? PK_LINEAR_FEW : PK_LINEAR_MANY, ({y, x, w, bias}), k_linear(d, y, x, M, K, N, w, wdt, w_kn, bias, act, err));
 }
 
 static bm_status cu_embed(void *dev, float *y, const int32_t *ids, int64_t M, const void *table,
                           bm_dtype tdt, int64_t V, int64_t Dm, bm_error *err)
 {
-    OP(({y, ids, table}), k_embed(d, y, ids, M, table, tdt, V, Dm, err));
+    OP(PK_EMBED, ({y, ids, table}), k_embed(d, y, ids, M, table, tdt, V, Dm, err));
 }
 
 static bm_status cu_rmsnorm(void *dev, float *y, const float *x, int64_t M, int64_t Dm,
                             const void *w, bm_dtype wdt, float eps, bm_dtype act, bm_error *err)
 {
-    OP(({y, x, w}), k_rmsnorm(d, y, x, M, Dm, w, wdt, eps, act, err));
+    OP(PK_RMSNORM, ({y, x, w}), k_rmsnorm(d, y, x, M, Dm, w, wdt, eps, act, err));
 }
 
 static bm_status cu_layernorm(void *dev, float *y, const float *x, int64_t M, int64_t Dm,
                               const void *w, const void *b, bm_dtype wdt, float eps,
                               bm_dtype act, bm_error *err)
 {
-    OP(({y, x, w, b}), k_layernorm(d, y, x, M, Dm, w, b, wdt, eps, act, err));
+    OP(PK_LAYERNORM, ({y, x, w, b}), k_layernorm(d, y, x, M, Dm, w, b, wdt, eps, act, err));
 }
 
 static bm_status cu_rope(void *dev, float *x, int64_t M, int64_t H, int64_t hd, int64_t pos0,
                          float theta, bm_dtype act, bm_error *err)
 {
-    OP(({x}), k_rope(d, x, M, H, hd, pos0, theta, act, err));
+    OP(PK_ROPE, ({x}), k_rope(d, x, M, H, hd, pos0, theta, act, err));
 }
 
 static bm_status cu_attention(void *dev, float *out, const float *q, int64_t ldq, int64_t M,
@@ -1274,24 +1412,24 @@ static bm_status cu_attention(void *dev, float *out, const float *q, int64_t ldq
                               int64_t Hkv, int64_t pos0, float scale, bm_dtype act,
                               bm_error *err)
 {
-    OP(({out, q, kc, vc}), k_attention(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err));
+    OP(M <= 8 ? PK_ATTN_FEW : PK_ATTN_MANY, ({out, q, kc, vc}), k_attention(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err));
 }
 
 static bm_status cu_silu_mul(void *dev, float *g, const float *u, int64_t n, bm_dtype act,
                              bm_error *err)
 {
-    OP(({g, u}), k_silu_mul(d, g, u, n, act, err));
+    OP(PK_SILU, ({g, u}), k_silu_mul(d, g, u, n, act, err));
 }
 
 static bm_status cu_gelu_tanh(void *dev, float *x, int64_t n, bm_dtype act, bm_error *err)
 {
-    OP(({x}), k_gelu_tanh(d, x, n, act, err));
+    OP(PK_GELU, ({x}), k_gelu_tanh(d, x, n, act, err));
 }
 
 static bm_status cu_add(void *dev, float *x, const float *y, int64_t n, bm_dtype act,
                         bm_error *err)
 {
-    OP(({x, y}), k_add(d, x, y, n, act, err));
+    OP(PK_ADD, ({x, y}), k_add(d, x, y, n, act, err));
 }
 
 static bm_status copy2d_run(Dev *d, float *dst, int64_t ldd, const float *src, int64_t lds,
@@ -1328,7 +1466,7 @@ static bm_status copy2d_run(Dev *d, float *dst, int64_t ldd, const float *src, i
 static bm_status cu_copy2d(void *dev, float *dst, int64_t ldd, const float *src, int64_t lds,
                            int64_t rows, int64_t cols, bm_error *err)
 {
-    OP(({dst, src}), copy2d_run(d, dst, ldd, src, lds, rows, cols, err));
+    OP(PK_COPY2D, ({dst, src}), copy2d_run(d, dst, ldd, src, lds, rows, cols, err));
 }
 
 /* Pinned host memory for the runtime's host copies of offloaded weights

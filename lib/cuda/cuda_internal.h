@@ -103,6 +103,8 @@ struct Stats {
     double streamed_s = 0;        /* wall time inside those uploads (until
                                      their bytes were staged) */
     uint64_t streamed_calls = 0;
+    double streamed_dma_s = 0;    /* copy-stream time of those uploads'
+                                     DMA (events around each) */
     uint64_t inline_bytes = 0;    /* uploads from the compute thread */
     double inline_s = 0;
     uint64_t pinned_src_bytes = 0;/* of all uploads: sources already pinned */
@@ -120,6 +122,23 @@ struct Gap {
     cudaEvent_t tail, resume;
     bool upload_meanwhile; /* an upload was submitted during the gap */
     bool upload_wait;      /* the compute stream waited for an upload's DMA */
+};
+
+/* BMPLAN_CUDA_PROFILE: GPU time of each kind of operation (events around
+ * every operation; resolved in batches) and the host time of its call */
+enum ProfKind {
+    PK_LINEAR_FEW, PK_LINEAR_MANY, PK_EMBED, PK_RMSNORM, PK_LAYERNORM, PK_ROPE,
+    PK_ATTN_FEW, PK_ATTN_MANY, PK_SILU, PK_GELU, PK_ADD, PK_COPY, PK_COPY2D, PK_COUNT
+};
+
+struct ProfRec {
+    int kind;
+    cudaEvent_t a, b;
+};
+
+struct ProfAgg {
+    uint64_t calls = 0;
+    double gpu_s = 0, host_s = 0;
 };
 
 struct Gpu {
@@ -152,6 +171,12 @@ struct Gpu {
     bool tail_valid = false;
     std::vector<Gap> gaps;
     std::vector<cudaEvent_t> spare_events;
+    /* events around streamed uploads on the copy stream (under stats_mu) */
+    std::vector<std::pair<cudaEvent_t, cudaEvent_t>> dma_pending;
+    /* profile (owner thread) */
+    bool profile = false;
+    std::vector<ProfRec> prof_pending;
+    ProfAgg prof[PK_COUNT];
 };
 
 struct Backend {
@@ -171,6 +196,7 @@ struct Backend {
     bool measured = false;
     double h2d_pinned = 0, h2d_pageable = 0, h2d_staged = 0; /* GB/s */
     int attn_mode = 0; /* 0 auto, 1 always fused, 2 always GEMMs */
+    bool profile = false; /* BMPLAN_CUDA_PROFILE */
 };
 
 struct Dev {
