@@ -19,7 +19,9 @@
  *                              and write them to FILE (JSON) at shutdown
  *                              (what report_json returns for --report, which
  *                              turns the same measurements on)
- *   BMPLAN_CUDA_ATTN=fused|gemm  force one attention path (tests)
+ *   BMPLAN_CUDA_ATTN=fused|gemm  force one attention path (tests): the
+ *                              decoding kernels (split over the keys) or
+ *                              the GEMMs of the prefill
  *   BMPLAN_CUDA_COPY_THREADS=N threads that fill the pinned staging buffers
  *   BMPLAN_CUDA_PROFILE=1      with the report: GPU and host time of every
  *                              kind of operation (events around each one)
@@ -817,6 +819,8 @@ static bm_status gpu_create(Backend *be, int ordinal, Gpu **out, bm_error *err)
     if (!g)
         return fail(err, BM_E_NOMEM, "out of memory");
     g->ordinal = ordinal;
+    g->sms = be->props[(size_t)ordinal].multiProcessorCount > 0
+                 ? be->props[(size_t)ordinal].multiProcessorCount : 1;
     g->timing = be->report;
     g->profile = be->report && be->profile;
     cudaError_t e = cudaSetDevice(ordinal);

@@ -150,6 +150,7 @@ struct Gpu {
     Ring ring_compute, ring_copy;
     cudaEvent_t xfer = nullptr; /* orders copies between GPUs */
     size_t smem_optin = 48 << 10;
+    int sms = 1; /* multiprocessors */
     /* the thread that runs operations (uploads from it go in order on the
      * compute stream; others go on the copy stream) */
     std::atomic<unsigned long> owner{0};
@@ -195,7 +196,7 @@ struct Backend {
     uint64_t host_bytes = 0, host_bytes_peak = 0;
     bool measured = false;
     double h2d_pinned = 0, h2d_pageable = 0, h2d_staged = 0; /* GB/s */
-    int attn_mode = 0; /* 0 auto, 1 always fused, 2 always GEMMs */
+    int attn_mode = 0; /* 0 auto, 1 always the decoding kernels, 2 always GEMMs */
     bool profile = false; /* BMPLAN_CUDA_PROFILE */
 };
 

@@ -374,64 +374,109 @@ __global__ void gemv16_kernel(float *y, const float *x, int M, int64_t K, int64_
     }
 }
 
-/* Fused causal attention for a few query rows (decoding): one block per
- * (head, query row). Scores for every visible key go to shared memory,
- * then the softmax (float32, sum in double, as the CPU backend), then the
- * probabilities times V. Shared memory: q (hd), partial outputs (G * hd),
- * scores (L). */
-__global__ void attn_fused_kernel(float *out, const float *q, int64_t ldq, int Hq, int hd,
-                                  const float *kc, const float *vc, int Hkv, int64_t pos0,
-                                  float scale, int act)
+/* Causal attention for a few query rows (decoding), split over the keys
+ * so that a short query still spreads over the whole GPU: the keys of each
+ * (head, query row) are cut into chunks of C, one block per chunk, in four
+ * launches with fixed reduction orders (the results do not depend on
+ * timing):
+ *   1. scores of the chunk's keys -> Sc (float32, rounded as the CPU
+ *      backend rounds them), the chunk's maximum -> cmax
+ *   2. e = exp(score - max over all chunks) -> Sc, the chunk's sum of e in
+ *      double -> csum
+ *   3. p = round(e / sum over all chunks, in chunk order); the chunk's p V
+ *      -> part (float32)
+ *   4. out = round(sum of the chunks' parts, in chunk order)
+ * Row r = head * M + query row; its keys are 0 .. pos0 + m. Blocks: (row,
+ * chunk) as (x, y). Scratch: Sc [R, Lmax], cmax [R, S], csum [R, S],
+ * part [R, S, hd]. */
+__global__ void attn_dec_scores_kernel(float *Sc, float *cmax, const float *q, int64_t ldq,
+                                       int64_t M, int Hq, int hd, const float *kc, int Hkv,
+                                       int64_t pos0, float scale, int act, int64_t Lmax, int C,
+                                       int S)
 {
-    extern __shared__ float sm[];
-    __shared__ double shd[32];
+    __shared__ float qs[ATTN_FUSED_MAX_HD];
     __shared__ float shf[32];
-    int h = blockIdx.x;
-    int64_t m = blockIdx.y;
+    int64_t R = blockIdx.x;
+    int h = (int)(R / M);
+    int64_t m = R - (int64_t)h * M;
+    int s = blockIdx.y;
     int kvh = h / (Hq / Hkv);
     int64_t kvw = (int64_t)Hkv * hd;
     int64_t L = pos0 + m + 1;
-    int G = blockDim.x / hd; /* hd <= blockDim.x */
-    float *qs = sm;
-    float *acc = qs + hd;
-    float *sc = acc + (int64_t)G * hd;
+    int64_t j0 = (int64_t)s * C, j1 = j0 + C < L ? j0 + C : L;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     for (int d = tid; d < hd; d += blockDim.x)
         qs[d] = q[m * ldq + (int64_t)h * hd + d];
     __syncthreads();
     const float *K = kc + (int64_t)kvh * hd;
-    const float *V = vc + (int64_t)kvh * hd;
-    for (int64_t j = warp; j < L; j += nw) {
+    float *row = Sc + R * Lmax;
+    float mx = -INFINITY;
+    for (int64_t j = j0 + warp; j < j1; j += nw) {
         const float *kr = K + j * kvw;
         float dot = 0.0f;
         for (int d = lane; d < hd; d += 32)
             dot = fmaf(qs[d], kr[d], dot);
         dot = warp_sum(dot);
+        float v = rnd(__fmul_rn(rnd(dot, act), scale), act);
         if (lane == 0)
-            sc[j] = rnd(__fmul_rn(rnd(dot, act), scale), act);
+            row[j] = v;
+        mx = fmaxf(mx, v);
     }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int64_t j = tid; j < L; j += blockDim.x)
-        mx = fmaxf(mx, sc[j]);
     mx = block_max(mx, shf);
+    if (tid == 0)
+        cmax[R * S + s] = mx; /* -inf for a chunk past the row's keys */
+}
+
+__global__ void attn_dec_exp_kernel(float *Sc, const float *cmax, double *csum, int64_t M,
+                                    int64_t pos0, int64_t Lmax, int C, int S)
+{
+    __shared__ double shd[32];
+    int64_t R = blockIdx.x;
+    int64_t m = R % M;
+    int s = blockIdx.y;
+    int64_t L = pos0 + m + 1;
+    int64_t j0 = (int64_t)s * C, j1 = j0 + C < L ? j0 + C : L;
+    float mx = -INFINITY;
+    for (int i = 0; i < S; i++)
+        mx = fmaxf(mx, cmax[R * S + i]);
+    float *row = Sc + R * Lmax;
     double sum = 0;
-    for (int64_t j = tid; j < L; j += blockDim.x) {
-        float e = expf(__fsub_rn(sc[j], mx));
-        sc[j] = e;
+    for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        float e = expf(__fsub_rn(row[j], mx));
+        row[j] = e;
         sum += (double)e;
     }
     sum = block_sum(sum, shd);
+    if (threadIdx.x == 0)
+        csum[R * S + s] = sum;
+}
+
+__global__ void attn_dec_pv_kernel(float *part, const float *Sc, const double *csum,
+                                   const float *vc, int64_t M, int Hq, int hd, int Hkv,
+                                   int64_t pos0, int act, int64_t Lmax, int C, int S)
+{
+    __shared__ float acc[THREADS];
+    int64_t R = blockIdx.x;
+    int h = (int)(R / M);
+    int64_t m = R - (int64_t)h * M;
+    int s = blockIdx.y;
+    int kvh = h / (Hq / Hkv);
+    int64_t kvw = (int64_t)Hkv * hd;
+    int64_t L = pos0 + m + 1;
+    int64_t j0 = (int64_t)s * C, j1 = j0 + C < L ? j0 + C : L;
+    double sum = 0;
+    for (int i = 0; i < S; i++)
+        sum += csum[R * S + i];
     float inv = (float)(1.0 / sum);
-    for (int64_t j = tid; j < L; j += blockDim.x)
-        sc[j] = rnd(__fmul_rn(sc[j], inv), act);
-    __syncthreads();
+    const float *row = Sc + R * Lmax;
+    const float *V = vc + (int64_t)kvh * hd;
+    int G = blockDim.x / hd; /* hd <= blockDim.x */
+    int tid = threadIdx.x;
     if (tid < G * hd) {
         int d = tid % hd, gi = tid / hd;
         float a = 0.0f;
-#pragma unroll 8
-        for (int64_t j = gi; j < L; j += G)
-            a = fmaf(sc[j], V[j * kvw + d], a);
+        for (int64_t j = j0 + gi; j < j1; j += G)
+            a = fmaf(rnd(__fmul_rn(row[j], inv), act), V[j * kvw + d], a);
         acc[gi * hd + d] = a;
     }
     __syncthreads();
@@ -439,7 +484,23 @@ __global__ void attn_fused_kernel(float *out, const float *q, int64_t ldq, int H
         float o = 0.0f;
         for (int gi = 0; gi < G; gi++)
             o = __fadd_rn(o, acc[gi * hd + tid]);
-        out[m * (int64_t)Hq * hd + (int64_t)h * hd + tid] = rnd(o, act);
+        part[(R * S + s) * hd + tid] = o;
+    }
+}
+
+__global__ void attn_dec_combine_kernel(float *out, const float *part, int64_t M, int Hq, int hd,
+                                        int S, int act)
+{
+    GRID_STRIDE(i, (int64_t)Hq * M * hd)
+    {
+        int64_t R = i / hd;
+        int d = (int)(i - R * hd);
+        int h = (int)(R / M);
+        int64_t m = R - (int64_t)h * M;
+        float o = 0.0f;
+        for (int s = 0; s < S; s++)
+            o = __fadd_rn(o, part[(R * S + s) * hd + d]);
+        out[m * (int64_t)Hq * hd + (int64_t)h * hd + d] = rnd(o, act);
     }
 }
 
@@ -478,12 +539,6 @@ __global__ void softmax_rows_kernel(float *S, void *P, int pdt, int64_t mc, int6
     }
 }
 
-size_t attn_fused_smem(int64_t hd, int64_t L)
-{
-    int64_t G = THREADS / hd;
-    return (size_t)(hd + G * hd + L) * sizeof(float);
-}
-
 } /* namespace */
 
 /* ------------------------------------------------------------------------
@@ -497,12 +552,8 @@ bm_status k_setup(Gpu *g, bm_error *err)
                                            g->ordinal);
     if (e != cudaSuccess)
         return cuda_fail(err, e, "shared memory limit");
-    /* room for the kernel's static shared memory */
+    /* room for the kernels' static shared memory */
     g->smem_optin = optin > 4096 ? (size_t)optin - 4096 : 0;
-    e = cudaFuncSetAttribute(attn_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)g->smem_optin);
-    if (e != cudaSuccess)
-        return cuda_fail(err, e, "attention kernel shared memory");
     return BM_OK;
 }
 
@@ -597,7 +648,9 @@ bm_status k_rmsnorm(Dev *d, float *y, const float *x, int64_t M, int64_t D, cons
         return fail(err, BM_E_UNSUPPORTED, "rmsnorm: weights of dtype %s", dtype_name(wdt));
     if (M <= 0 || D <= 0 || M > INT32_MAX)
         return M == 0 ? BM_OK : fail(err, BM_E_INVALID, "rmsnorm: %lld rows", (long long)M);
-    rmsnorm_kernel<<<(unsigned)M, THREADS, 0, d->g->compute>>>(y, x, D, w, wdt, eps, act);
+    /* a few rows (decoding): wider blocks, as each row is one block */
+    unsigned t = M <= 8 && D >= 2048 ? 1024 : THREADS;
+    rmsnorm_kernel<<<(unsigned)M, t, 0, d->g->compute>>>(y, x, D, w, wdt, eps, act);
     return launched(err, "rmsnorm");
 }
 
@@ -608,7 +661,8 @@ bm_status k_layernorm(Dev *d, float *y, const float *x, int64_t M, int64_t D, co
         return fail(err, BM_E_UNSUPPORTED, "layernorm: weights of dtype %s", dtype_name(wdt));
     if (M <= 0 || D <= 0 || M > INT32_MAX)
         return M == 0 ? BM_OK : fail(err, BM_E_INVALID, "layernorm: %lld rows", (long long)M);
-    layernorm_kernel<<<(unsigned)M, THREADS, 0, d->g->compute>>>(y, x, D, w, b, wdt, eps, act);
+    unsigned t = M <= 8 && D >= 2048 ? 1024 : THREADS;
+    layernorm_kernel<<<(unsigned)M, t, 0, d->g->compute>>>(y, x, D, w, b, wdt, eps, act);
     return launched(err, "layernorm");
 }
 
@@ -771,15 +825,41 @@ bm_status k_attention(Dev *d, float *out, const float *q, int64_t ldq, int64_t M
         return fail(err, BM_E_INVALID, "attention: %lld heads of %lld, %lld rows",
                     (long long)Hq, (long long)hd, (long long)M);
     int64_t Lmax = pos0 + M;
-    size_t smem = attn_fused_smem(hd, Lmax);
-    bool fused_ok = hd <= ATTN_FUSED_MAX_HD && M <= 65535 && smem <= g->smem_optin;
+    bool fused_ok = hd <= ATTN_FUSED_MAX_HD && M <= 65535 && Hq * M <= INT32_MAX &&
+                    Lmax <= INT32_MAX;
     int mode = d->be->attn_mode;
     bool fused = fused_ok && (mode == 1 || (mode == 0 && M <= ATTN_FUSED_MAX_ROWS));
     if (!fused)
         return attention_gemm(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err);
-    dim3 grid((unsigned)Hq, (unsigned)M);
-    attn_fused_kernel<<<grid, THREADS, smem, g->compute>>>(out, q, ldq, (int)Hq, (int)hd, kc, vc,
-                                                          (int)Hkv, pos0, scale, act);
+    /* chunks of C keys (a multiple of 32, at least 64), enough of them that
+     * the blocks cover the GPU about twice */
+    int64_t R = Hq * M;
+    int64_t want = (2 * (int64_t)g->sms + R - 1) / R;
+    int64_t C = (Lmax + want - 1) / want;
+    C = C < 64 ? 64 : (C + 31) / 32 * 32;
+    int64_t S = (Lmax + C - 1) / C;
+    if (S > 65535)
+        return attention_gemm(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err);
+    auto up = [](size_t n) { return (n + 255) & ~(size_t)255; };
+    size_t sc_b = up((size_t)(R * Lmax) * 4), mx_b = up((size_t)(R * S) * 4);
+    size_t cs_b = up((size_t)(R * S) * 8), pt_b = up((size_t)(R * S * hd) * 4);
+    char *base = static_cast<char *>(scratch_get(g, sc_b + mx_b + cs_b + pt_b, err));
+    if (!base)
+        return err ? err->code : BM_E_NOMEM;
+    float *Sc = reinterpret_cast<float *>(base);
+    float *cmax = reinterpret_cast<float *>(base + sc_b);
+    double *csum = reinterpret_cast<double *>(base + sc_b + mx_b);
+    float *part = reinterpret_cast<float *>(base + sc_b + mx_b + cs_b);
+    dim3 grid((unsigned)R, (unsigned)S);
+    attn_dec_scores_kernel<<<grid, THREADS, 0, g->compute>>>(Sc, cmax, q, ldq, M, (int)Hq, (int)hd,
+                                                             kc, (int)Hkv, pos0, scale, act, Lmax,
+                                                             (int)C, (int)S);
+    attn_dec_exp_kernel<<<grid, THREADS, 0, g->compute>>>(Sc, cmax, csum, M, pos0, Lmax, (int)C,
+                                                          (int)S);
+    attn_dec_pv_kernel<<<grid, THREADS, 0, g->compute>>>(part, Sc, csum, vc, M, (int)Hq, (int)hd,
+                                                         (int)Hkv, pos0, act, Lmax, (int)C, (int)S);
+    attn_dec_combine_kernel<<<grid_for(R * hd), THREADS, 0, g->compute>>>(out, part, M, (int)Hq,
+                                                                          (int)hd, (int)S, act);
     return launched(err, "attention");
 }
 

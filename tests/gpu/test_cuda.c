@@ -623,6 +623,9 @@ static void attention_all(const char *attn)
         attention_case(&p, 9, 0, 4, 1, 80, false, act);
         attention_case(&p, 70, 3, 8, 2, 64, false, act);
         attention_case(&p, 33, 40, 6, 3, 32, true, act);
+        /* decoding at long contexts: the keys split into many chunks */
+        attention_case(&p, 1, 2047, 32, 8, 128, false, act);
+        attention_case(&p, 3, 700, 4, 4, 256, false, act);
     }
     pair_close(&p);
 }
@@ -1248,6 +1251,7 @@ int main(int argc, char **argv)
     TCase *san = tcase_create("sanitize");
     tcase_set_timeout(san, 600);
     tcase_add_test(san, test_ops_fixture);
+    tcase_add_test(san, test_attention_vs_cpu);
     tcase_add_test(san, test_sanitize_small);
     suite_add_tcase(s, san);
     SRunner *sr = srunner_create(s);
