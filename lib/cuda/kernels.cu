@@ -389,6 +389,29 @@ __global__ void gemv16_kernel(float *y, const float *x, int M, int64_t K, int64_
  * Row r = head * M + query row; its keys are 0 .. pos0 + m. Blocks: (row,
  * chunk) as (x, y). Scratch: Sc [R, Lmax], cmax [R, S], csum [R, S],
  * part [R, S, hd]. */
+/* The block's (row, chunk) of the decoding attention: query row m of head
+ * h reads KV head kvh, keys j0 .. j1 - 1 of its L visible ones. */
+struct DecBlock {
+    int64_t R, m, L, j0, j1, kvw;
+    int h, s, kvh;
+};
+
+__device__ __forceinline__ DecBlock dec_block(int64_t M, int Hq, int hd, int Hkv, int64_t pos0,
+                                              int C)
+{
+    DecBlock b;
+    b.R = blockIdx.x;
+    b.h = (int)(b.R / M);
+    b.m = b.R - (int64_t)b.h * M;
+    b.s = blockIdx.y;
+    b.kvh = b.h / (Hq / Hkv);
+    b.kvw = (int64_t)Hkv * hd;
+    b.L = pos0 + b.m + 1;
+    b.j0 = (int64_t)b.s * C;
+    b.j1 = b.j0 + C < b.L ? b.j0 + C : b.L;
+    return b;
+}
+
 __global__ void attn_dec_scores_kernel(float *Sc, float *cmax, const float *q, int64_t ldq,
                                        int64_t M, int Hq, int hd, const float *kc, int Hkv,
                                        int64_t pos0, float scale, int act, int64_t Lmax, int C,
@@ -396,23 +419,16 @@ __global__ void attn_dec_scores_kernel(float *Sc, float *cmax, const float *q, i
 {
     __shared__ float qs[ATTN_FUSED_MAX_HD];
     __shared__ float shf[32];
-    int64_t R = blockIdx.x;
-    int h = (int)(R / M);
-    int64_t m = R - (int64_t)h * M;
-    int s = blockIdx.y;
-    int kvh = h / (Hq / Hkv);
-    int64_t kvw = (int64_t)Hkv * hd;
-    int64_t L = pos0 + m + 1;
-    int64_t j0 = (int64_t)s * C, j1 = j0 + C < L ? j0 + C : L;
+    DecBlock b = dec_block(M, Hq, hd, Hkv, pos0, C);
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     for (int d = tid; d < hd; d += blockDim.x)
-        qs[d] = q[m * ldq + (int64_t)h * hd + d];
+        qs[d] = q[b.m * ldq + (int64_t)b.h * hd + d];
     __syncthreads();
-    const float *K = kc + (int64_t)kvh * hd;
-    float *row = Sc + R * Lmax;
+    const float *K = kc + (int64_t)b.kvh * hd;
+    float *row = Sc + b.R * Lmax;
     float mx = -INFINITY;
-    for (int64_t j = j0 + warp; j < j1; j += nw) {
-        const float *kr = K + j * kvw;
+    for (int64_t j = b.j0 + warp; j < b.j1; j += nw) {
+        const float *kr = K + j * b.kvw;
         float dot = 0.0f;
         for (int d = lane; d < hd; d += 32)
             dot = fmaf(qs[d], kr[d], dot);
@@ -424,7 +440,7 @@ __global__ void attn_dec_scores_kernel(float *Sc, float *cmax, const float *q, i
     }
     mx = block_max(mx, shf);
     if (tid == 0)
-        cmax[R * S + s] = mx; /* -inf for a chunk past the row's keys */
+        cmax[b.R * S + b.s] = mx; /* -inf for a chunk past the row's keys */
 }
 
 __global__ void attn_dec_exp_kernel(float *Sc, const float *cmax, double *csum, int64_t M,
@@ -456,27 +472,20 @@ __global__ void attn_dec_pv_kernel(float *part, const float *Sc, const double *c
                                    int64_t pos0, int act, int64_t Lmax, int C, int S)
 {
     __shared__ float acc[THREADS];
-    int64_t R = blockIdx.x;
-    int h = (int)(R / M);
-    int64_t m = R - (int64_t)h * M;
-    int s = blockIdx.y;
-    int kvh = h / (Hq / Hkv);
-    int64_t kvw = (int64_t)Hkv * hd;
-    int64_t L = pos0 + m + 1;
-    int64_t j0 = (int64_t)s * C, j1 = j0 + C < L ? j0 + C : L;
+    DecBlock b = dec_block(M, Hq, hd, Hkv, pos0, C);
     double sum = 0;
     for (int i = 0; i < S; i++)
-        sum += csum[R * S + i];
+        sum += csum[b.R * S + i];
     float inv = (float)(1.0 / sum);
-    const float *row = Sc + R * Lmax;
-    const float *V = vc + (int64_t)kvh * hd;
+    const float *row = Sc + b.R * Lmax;
+    const float *V = vc + (int64_t)b.kvh * hd;
     int G = blockDim.x / hd; /* hd <= blockDim.x */
     int tid = threadIdx.x;
     if (tid < G * hd) {
         int d = tid % hd, gi = tid / hd;
         float a = 0.0f;
-        for (int64_t j = j0 + gi; j < j1; j += G)
-            a = fmaf(rnd(__fmul_rn(row[j], inv), act), V[j * kvw + d], a);
+        for (int64_t j = b.j0 + gi; j < b.j1; j += G)
+            a = fmaf(rnd(__fmul_rn(row[j], inv), act), V[j * b.kvw + d], a);
         acc[gi * hd + d] = a;
     }
     __syncthreads();
@@ -484,7 +493,7 @@ __global__ void attn_dec_pv_kernel(float *part, const float *Sc, const double *c
         float o = 0.0f;
         for (int gi = 0; gi < G; gi++)
             o = __fadd_rn(o, acc[gi * hd + tid]);
-        part[(R * S + s) * hd + tid] = o;
+        part[(b.R * S + b.s) * hd + tid] = o;
     }
 }
 
