@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA backend's whole check on a GPU machine, as one command (under
-# 8 minutes on one H200): build, `make test-gpu`, compute-sanitizer memcheck
-# on a short run, bench/gpu.sh. Everything is logged under $OUT (or
+# The CUDA backend's whole check on a GPU machine, as one command (about
+# 140 s on one H200): build, `make test-gpu`, bmrun --backend cuda against
+# the CPU backend on the command line, compute-sanitizer memcheck on a
+# short run, bench/gpu.sh. Everything is logged under $OUT (or
 # build/device-check): device_check.log (all of it), build.log,
 # test-gpu.log, sanitizer.log, bench.log, bench-summary.md,
 # bench-results.json. Exit status: 0 when the build, the tests and the
@@ -91,6 +92,28 @@ rc_test=$?
 tail -25 "$OUT/test-gpu.log"
 echo "test-gpu: exit $rc_test"
 
+# ---- the command line: bmrun --backend cuda against the CPU backend ----
+cli_check() {
+    local t=build/device-check-cli map want got
+    rm -rf "$t" && mkdir -p "$t" || return 1
+    sed 's/"model.layers.3": "cpu"/"model.layers.3": "disk"/' examples/tiny-llama/device_map.json \
+        >"$t/map.json" || return 1
+    build/bmplan offload examples/tiny-llama --device-map "$t/map.json" -o "$t/offload" || return 1
+    for map in examples/tiny-llama/device_map.json "$t/map.json"; do
+        want=$(build/bmrun examples/tiny-llama --device-map "$map" --offload-folder "$t/offload" \
+            --input-ids 1,15,200,33 --generate 8) || return 1
+        got=$(BMPLAN_CUDA_DEVICES=0,0 timeout 60 build/bmrun examples/tiny-llama --device-map "$map" \
+            --offload-folder "$t/offload" --input-ids 1,15,200,33 --generate 8 \
+            --backend "${CLI_BACKEND:-cuda}" --report "$t/report.json") || return 1
+        echo "$map: cpu $want, ${CLI_BACKEND:-cuda} $got"
+        [ -n "$want" ] && [ "$want" = "$got" ] || return 1
+    done
+}
+say "bmrun --backend cuda (two device ids on GPU 0, cpu and disk offload) against cpu"
+cli_check 2>&1
+rc_cli=$?
+echo "bmrun cli: exit $rc_cli"
+
 # ---- compute-sanitizer ----
 rc_san=0
 if ! skip sanitizer; then
@@ -116,5 +139,5 @@ if ! skip bench; then
     echo "bench: exit $rc_bench"
 fi
 
-say "done: build strict=$strict, test-gpu $rc_test, sanitizer $rc_san, bench $rc_bench"
-[ $rc_test = 0 ] && [ $rc_san = 0 ] && [ $rc_bench = 0 ]
+say "done: build strict=$strict, test-gpu $rc_test, cli $rc_cli, sanitizer $rc_san, bench $rc_bench"
+[ $rc_test = 0 ] && [ $rc_cli = 0 ] && [ $rc_san = 0 ] && [ $rc_bench = 0 ]
