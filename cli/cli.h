@@ -65,6 +65,18 @@ int cli_write_output(const char *cmd, const char *path, const char *text, size_t
  * way every --json output ends; NULL when out of memory. */
 char *cli_json_text(const void *json, size_t flags);
 
+/* Add the budgets of one --max-memory SPEC to b: "auto" reads this
+ * machine as accelerate's get_max_memory() does (every GPU's free bytes,
+ * then "cpu" = available RAM; without `gpus`, the RAM alone) and says on
+ * stderr what it found; anything else is bm_budgets_parse. *auto_used is
+ * set for "auto". */
+bm_status cli_budgets_add(const char *cmd, bm_budgets *b, const char *spec, bm_compat compat,
+                          bool gpus, bool *auto_used, bm_error *err);
+/* With budgets from "auto" alone and a balanced strategy, accelerate's
+ * get_balanced_memory (max_memory=None) keeps 10% of a single GPU free:
+ * that GPU's budget x 0.9. Nothing otherwise. */
+void cli_budgets_auto_reserve(const char *cmd, bm_budgets *b, bool auto_only, bool balanced);
+
 /* The command table (main.c). */
 extern const cli_command cli_commands[];
 const cli_command *cli_find_command(const char *name);

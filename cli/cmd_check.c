@@ -32,7 +32,7 @@ int cmd_check(int argc, char **argv)
     const cli_option opts[] = {
         {CLI_STRING, 0, "device-map", &map_path, "FILE", "the device map (JSON) to check"},
         {CLI_LIST, 0, "max-memory", &budgets_l, "SPEC",
-         "budgets to check against: 0=10GiB,cpu=30GiB or @budgets.json (repeatable)"},
+         "budgets to check against: 0=10GiB,cpu=30GiB, @budgets.json, or auto (this machine's free memory; repeatable)"},
         {CLI_STRING, 0, "dtype", &dtype_s, "DTYPE", "size floating tensors as DTYPE (never larger)"},
         {CLI_STRING, 0, "graph", &graph, "FILE", "the model's graph file (bmplan-graph/1)"},
         {CLI_STRING, 0, "checkpoint", &checkpoint, "PATH",
@@ -70,8 +70,10 @@ int cmd_check(int argc, char **argv)
         rc = cli_errorf("check", "unknown dtype '%s'", dtype_s);
         goto done;
     }
+    bool auto_used = false;
     for (int i = 0; i < budgets_l.n; i++)
-        if (bm_budgets_parse(&budgets, budgets_l.items[i], BM_COMPAT_BMPLAN, &err)) {
+        if (cli_budgets_add("check", &budgets, budgets_l.items[i], BM_COMPAT_BMPLAN, true,
+                            &auto_used, &err)) {
             rc = cli_fail("check", &err);
             goto done;
         }

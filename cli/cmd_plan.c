@@ -101,7 +101,7 @@ int cmd_plan(int argc, char **argv)
         {CLI_STRING, 0, "checkpoint", &checkpoint, "PATH",
          "checkpoint file, index or folder: real sizes and dtypes"},
         {CLI_LIST, 0, "max-memory", &budgets_l, "SPEC",
-         "budgets: 0=10GiB,1=10GiB,cpu=30GiB or @budgets.json (repeatable)"},
+         "budgets: 0=10GiB,1=10GiB,cpu=30GiB, @budgets.json, or auto: this machine's free GPU memory and available RAM (repeatable; later ones override)"},
         {CLI_LIST, 0, "no-split", &nosplit_l, "CLASS[,CLASS...]",
          "classes never split across devices (default: the graph's; '' = none)"},
         {CLI_STRING, 0, "dtype", &dtype_s, "DTYPE", "size floating tensors as DTYPE (never larger)"},
@@ -170,11 +170,14 @@ int cmd_plan(int argc, char **argv)
     char **special_copies = NULL;
     bm_dtype dtype = BM_DTYPE_INVALID;
 
+    bool auto_used = false;
     for (int i = 0; i < budgets_l.n; i++)
-        if (bm_budgets_parse(&budgets, budgets_l.items[i], compat, &err)) {
+        if (cli_budgets_add("plan", &budgets, budgets_l.items[i], compat, true, &auto_used, &err)) {
             rc = plan_fail(out, &err);
             goto done;
         }
+    cli_budgets_auto_reserve("plan", &budgets, auto_used && budgets_l.n == 1,
+                             strategy != BM_STRATEGY_SEQUENTIAL);
     if (dtype_s && parse_dtype(dtype_s, compat, &dtype, &err)) {
         rc = plan_fail(out, &err);
         goto done;

@@ -165,7 +165,8 @@ static void map_state_free(void *p)
  * as runtime entries, and the budgets as device capacities. Returns 0 or
  * the exit status. */
 static int resolve_map(const char *cmd, const bm_model *model, const char *devmap_path,
-                       const cli_list *max_memory, const char *strategy, bm_dtype dtype,
+                       const cli_list *max_memory, const char *strategy, bool real_gpus,
+                       bm_dtype dtype,
                        int64_t max_tokens, bool all_logits, void **state,
                        bm_map_entry **entries_out, int *n_out, uint64_t *gpu_budget, int *n_gpu,
                        uint64_t *cpu_budget)
@@ -179,8 +180,10 @@ static int resolve_map(const char *cmd, const bm_model *model, const char *devma
     bm_budgets_init(&budgets);
     int rc = CLI_EXIT_FAIL;
     bm_devmap *map = NULL;
+    bool auto_used = false;
     for (int i = 0; i < max_memory->n; i++)
-        if (bm_budgets_parse(&budgets, max_memory->items[i], BM_COMPAT_BMPLAN, &err) != BM_OK) {
+        if (cli_budgets_add(cmd, &budgets, max_memory->items[i], BM_COMPAT_BMPLAN, real_gpus,
+                            &auto_used, &err) != BM_OK) {
             cli_fail(cmd, &err);
             goto done;
         }
@@ -197,27 +200,29 @@ static int resolve_map(const char *cmd, const bm_model *model, const char *devma
             cli_fail(cmd, &err);
             goto done;
         }
+        bm_strategy st = BM_STRATEGY_SEQUENTIAL;
+        if (strategy && (strcmp(strategy, "balanced") == 0 || strcmp(strategy, "auto") == 0))
+            st = BM_STRATEGY_BALANCED;
+        else if (strategy && strcmp(strategy, "balanced_low_0") == 0)
+            st = BM_STRATEGY_BALANCED_LOW_0;
+        else if (strategy && strcmp(strategy, "sequential") != 0) {
+            rc = cli_usage_error(cmd, "--strategy %s: expected sequential, balanced (auto) or "
+                                 "balanced_low_0", strategy);
+            goto done;
+        }
         bm_budgets planned;
         bm_budgets_init(&planned);
         if (bm_budgets_copy(&planned, &budgets, &err) != BM_OK) {
             cli_fail(cmd, &err);
             goto done;
         }
+        cli_budgets_auto_reserve(cmd, &planned, auto_used && max_memory->n == 1,
+                                 st != BM_STRATEGY_SEQUENTIAL);
         for (int i = 0; i < planned.n; i++)
             if (planned.e[i].dev.kind == BM_DEV_GPU) {
                 int64_t hb = (int64_t)headroom * 8;
                 planned.e[i].bits = planned.e[i].bits > hb ? planned.e[i].bits - hb : 0;
             }
-        bm_strategy st = BM_STRATEGY_SEQUENTIAL;
-        if (strategy && strcmp(strategy, "balanced") == 0)
-            st = BM_STRATEGY_BALANCED;
-        else if (strategy && strcmp(strategy, "balanced_low_0") == 0)
-            st = BM_STRATEGY_BALANCED_LOW_0;
-        else if (strategy && strcmp(strategy, "sequential") != 0) {
-            bm_budgets_free(&planned);
-            rc = cli_usage_error(cmd, "--strategy %s: expected sequential, balanced or balanced_low_0", strategy);
-            goto done;
-        }
         bm_plan_opts po = {.compat = BM_COMPAT_BMPLAN, .budgets = &planned,
                            .no_split = model->tree->no_split, .n_no_split = model->tree->n_no_split,
                            .dtype = dtype, .strategy = st};
@@ -289,8 +294,8 @@ int cmd_run(int argc, char **argv)
     cli_list max_memory = {0};
     const cli_option opts[] = {
         {CLI_STRING, 0, "device-map", &devmap_path, "FILE", "the device map (JSON, as bmplan plan writes it)"},
-        {CLI_LIST, 0, "max-memory", &max_memory, "SPEC", "plan the map for these budgets (0=2GiB,1=2GiB,cpu=8GiB); with --device-map: the budgets to enforce"},
-        {CLI_STRING, 0, "strategy", &strategy, "S", "sequential (default), balanced or balanced_low_0"},
+        {CLI_LIST, 0, "max-memory", &max_memory, "SPEC", "plan the map for these budgets (0=2GiB,1=2GiB,cpu=8GiB, or auto: with --backend cuda the GPUs' free memory, and the available RAM); with --device-map: the budgets to enforce"},
+        {CLI_STRING, 0, "strategy", &strategy, "S", "sequential (default), balanced (or auto) or balanced_low_0"},
         {CLI_STRING, 0, "offload-folder", &offload_dir, "DIR", "weights of \"disk\" modules (bmplan offload / shard --device-map)"},
         {CLI_FLAG, 0, "offload-buffers", &offload_buffers, NULL, "offload buffers of offloaded modules too"},
         {CLI_STRING, 0, "main-device", &main_dev_text, "D", "where offloaded modules run (default: the map's first GPU, else cpu)"},
@@ -406,7 +411,8 @@ int cmd_run(int argc, char **argv)
     int n_gpu = 0;
     uint64_t cpu_budget = 0;
     int n_map = 0;
-    rc = resolve_map(cmd, model, devmap_path, &max_memory, strategy, dtype, max_tokens, all_logits,
+    rc = resolve_map(cmd, model, devmap_path, &max_memory, strategy,
+                     strcmp(backend, "cuda") == 0, dtype, max_tokens, all_logits,
                      &map_state, &entries, &n_map, gpu_budget, &n_gpu, &cpu_budget);
     if (rc != 0)
         goto out;

@@ -161,6 +161,20 @@ void bm_backend_free(bm_backend *be)
 }
 
 const bm_backend_ops *bm_backend_get_ops(const bm_backend *be) { return be->ops; }
+
+int bm_backend_device_count(bm_backend *be) { return be->ops->device_count(be->state); }
+
+bm_status bm_backend_mem_info(bm_backend *be, int id, uint64_t *free_bytes,
+                              uint64_t *total_bytes, bm_error *err)
+{
+    *free_bytes = *total_bytes = 0;
+    if (!be->ops->mem_info)
+        return bm_fail(err, BM_E_UNSUPPORTED, "the %s backend's devices are virtual: no memory "
+                       "to read", be->ops->name);
+    if (id < 0 || id >= bm_backend_device_count(be))
+        return bm_fail(err, BM_E_INVALID, "%s: no device %d", be->ops->name, id);
+    return be->ops->mem_info(be->state, id, free_bytes, total_bytes, err);
+}
 const char *bm_backend_name(const bm_backend *be) { return be->ops->name; }
 
 bm_status bm_dev_open(bm_backend *be, int id, uint64_t capacity, bm_dev **out,

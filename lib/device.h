@@ -35,7 +35,7 @@
 extern "C" {
 #endif
 
-#define BM_BACKEND_ABI 2
+#define BM_BACKEND_ABI 3
 
 /* Device ids as used by device maps. */
 #define BM_DEVICE_CPU (-1)  /* host memory ("cpu" in a map) */
@@ -157,6 +157,12 @@ typedef struct bm_backend_ops {
     /* The backend's own figures for `bmplan run --report`, a JSON object
      * in memory from malloc (the caller frees it), or NULL. */
     char *(*report_json)(void *be);
+    /* Free and total bytes of accelerator `id` now, its context created
+     * (what accelerate's get_max_memory reads from torch.cuda.mem_get_info),
+     * for --max-memory auto. NULL: the devices are virtual (the CPU
+     * backend). */
+    bm_status (*mem_info)(void *be, int id, uint64_t *free_bytes, uint64_t *total_bytes,
+                          bm_error *err);
 } bm_backend_ops;
 
 /* A backend shared library exports this symbol: a function returning its
@@ -233,6 +239,13 @@ void bm_dev_free_pinned(bm_dev *dev, bm_backend *pin_for, void *ptr, uint64_t si
 bool bm_backend_has_host_alloc(const bm_backend *be);
 /* The backend's report_json (malloc'ed JSON object text), or NULL. */
 char *bm_backend_report_json(bm_backend *be);
+/* How many accelerators the backend has (the CPU backend: virtual ones,
+ * unlimited: INT_MAX). */
+int bm_backend_device_count(bm_backend *be);
+/* The backend's mem_info for device `id`; BM_E_UNSUPPORTED when it has
+ * none. */
+bm_status bm_backend_mem_info(bm_backend *be, int id, uint64_t *free_bytes,
+                              uint64_t *total_bytes, bm_error *err);
 
 /* Copies with accounting. Host memory is plain memory. */
 bm_status bm_dev_upload(bm_dev *dev, void *dst, const void *src, uint64_t n,

@@ -1528,6 +1528,26 @@ static void cu_host_free(void *state, void *ptr)
     (void)cudaGetLastError();
 }
 
+static bm_status cu_mem_info(void *state, int id, uint64_t *free_bytes, uint64_t *total_bytes,
+                             bm_error *err)
+{
+    Backend *be = static_cast<Backend *>(state);
+    if (id < 0 || (size_t)id >= be->map.size())
+        return fail(err, BM_E_INVALID, "cuda: no device %d", id);
+    int p = be->map[(size_t)id];
+    cudaError_t e = cudaSetDevice(p);
+    if (e == cudaSuccess)
+        e = cudaFree(nullptr); /* creates the context: its memory is not free */
+    size_t f = 0, t = 0;
+    if (e == cudaSuccess)
+        e = cudaMemGetInfo(&f, &t);
+    if (e != cudaSuccess)
+        return cuda_fail(err, e, "cudaMemGetInfo");
+    *free_bytes = f;
+    *total_bytes = t;
+    return BM_OK;
+}
+
 static char *cu_report_json(void *state)
 {
     Backend *be = static_cast<Backend *>(state);
@@ -1576,6 +1596,7 @@ static bm_backend_ops make_ops()
     o.host_alloc = cu_host_alloc;
     o.host_free = cu_host_free;
     o.report_json = cu_report_json;
+    o.mem_info = cu_mem_info;
     return o;
 }
 

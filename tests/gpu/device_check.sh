@@ -108,6 +108,14 @@ cli_check() {
         echo "$map: cpu $want, ${CLI_BACKEND:-cuda} $got"
         [ -n "$want" ] && [ "$want" = "$got" ] || return 1
     done
+    # --max-memory auto: the GPU's free memory; the tiny model fits GPU 0
+    got=$(build/bmplan plan examples/tiny-llama --max-memory auto) || return 1
+    echo "plan --max-memory auto: $(echo "$got" | tr -d ' \n')"
+    [ "$(echo "$got" | tr -d ' \n')" = '{"":0}' ] || return 1
+    got=$(timeout 60 build/bmrun examples/tiny-llama --max-memory auto --backend cuda \
+        --input-ids 1,15,200,33 --generate 8) || return 1
+    echo "bmrun --max-memory auto --backend cuda: $got"
+    [ "$want" = "$got" ] || return 1
 }
 say "bmrun --backend cuda (two device ids on GPU 0, cpu and disk offload) against cpu"
 cli_check 2>&1

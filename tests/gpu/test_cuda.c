@@ -14,6 +14,7 @@
  * CUDA is only touched inside the forked tests, never in the parent.
  */
 #include "bmplan.h"
+#include "machine.h"
 
 #include <check.h>
 #include <jansson.h>
@@ -660,6 +661,39 @@ static void *upload_thread(void *arg)
     return NULL;
 }
 
+/* --max-memory auto: what the backend says of GPU 0's memory, and what
+ * lib/machine.c makes of it */
+START_TEST(test_mem_info)
+{
+    side g;
+    side_open(&g, true, NULL);
+    bm_error err = {0};
+    uint64_t fr = 0, total = 0;
+    ck_assert_msg(bm_backend_mem_info(g.be, 0, &fr, &total, &err) == BM_OK, "%s", err.msg);
+    ck_assert_uint_gt(total, 1ull << 30);
+    ck_assert_uint_gt(fr, 0);
+    ck_assert_uint_le(fr, total);
+    /* 256 MiB taken: the free figure drops by at least that much */
+    void *d;
+    ck_assert_int_eq(bm_dev_alloc(g.dev, 256ull << 20, "test", &d, &err), BM_OK);
+    uint64_t fr2 = 0, total2 = 0;
+    ck_assert_int_eq(bm_backend_mem_info(g.be, 0, &fr2, &total2, &err), BM_OK);
+    ck_assert_uint_eq(total2, total);
+    ck_assert_msg(fr2 + (256ull << 20) <= fr, "free %llu -> %llu after 256 MiB",
+                  (unsigned long long)fr, (unsigned long long)fr2);
+    ck_assert_int_eq(bm_backend_mem_info(g.be, 9999, &fr2, &total2, &err), BM_E_INVALID);
+    bm_dev_free(g.dev, d, 256ull << 20);
+    side_close(&g);
+    /* the machine as auto reads it: every GPU, each with some free memory */
+    bm_machine_memory m;
+    ck_assert_msg(bm_machine_memory_read(&m, true, &err) == BM_OK, "%s", err.msg);
+    ck_assert_msg(m.n_gpus >= 1, "no GPU: %s", m.no_gpu);
+    for (int i = 0; i < m.n_gpus; i++)
+        ck_assert_uint_gt(m.gpu_free[i], 0);
+    ck_assert_uint_gt(m.cpu_available, 0);
+}
+END_TEST
+
 START_TEST(test_transfers)
 {
     side g;
@@ -1236,6 +1270,7 @@ int main(int argc, char **argv)
     TCase *xfer = tcase_create("transfers");
     tcase_set_timeout(xfer, 300);
     tcase_add_test(xfer, test_transfers);
+    tcase_add_test(xfer, test_mem_info);
     tcase_add_test(xfer, test_two_device_ids);
     tcase_add_test(xfer, test_host_alloc_uploads);
     suite_add_tcase(s, xfer);

@@ -1,5 +1,5 @@
 /*
- * test_backend_abi.c - the optional ops of the backend table (ABI 2) as the
+ * test_backend_abi.c - the optional ops of the backend table (ABI 3) as the
  * runner uses them, with a fake accelerator backend: the CPU backend's
  * table under another name, not host-addressable (weights reach it by
  * upload, as on a GPU), whose host_alloc / host_free / upload / embed /
@@ -246,11 +246,58 @@ START_TEST(test_abi_checked)
     bm_error err = {0};
     ck_assert_int_eq(bm_backend_start(&old, NULL, &be, &err), BM_E_UNSUPPORTED);
     ck_assert_ptr_null(be);
-    ck_assert_str_eq(err.msg, "backend 'old' has ABI 1, bmplan expects 2");
-    /* the CPU backend leaves the optional ops out: plain host memory */
-    ck_assert_int_eq(bm_backend_cpu_ops()->abi, 2);
+    ck_assert_str_eq(err.msg, "backend 'old' has ABI 1, bmplan expects 3");
+    /* the CPU backend leaves the optional ops out: plain host memory, and
+     * no memory figures for --max-memory auto (its devices are virtual) */
+    ck_assert_int_eq(bm_backend_cpu_ops()->abi, 3);
     ck_assert_ptr_null(bm_backend_cpu_ops()->host_alloc);
     ck_assert_ptr_null(bm_backend_cpu_ops()->report_json);
+    ck_assert_ptr_null(bm_backend_cpu_ops()->mem_info);
+    ck_assert_int_eq(bm_backend_load("cpu", NULL, &be, &err), BM_OK);
+    uint64_t fr = 1, total = 1;
+    ck_assert_int_eq(bm_backend_mem_info(be, 0, &fr, &total, &err), BM_E_UNSUPPORTED);
+    ck_assert_str_eq(err.msg, "the cpu backend's devices are virtual: no memory to read");
+    ck_assert_uint_eq(fr, 0);
+    ck_assert_uint_eq(total, 0);
+    bm_backend_free(be);
+}
+END_TEST
+
+static bm_status fake_mem_info(void *be, int id, uint64_t *fr, uint64_t *total, bm_error *err)
+{
+    (void)be;
+    (void)err;
+    *fr = 1000u + (uint64_t)id;
+    *total = 4000;
+    return BM_OK;
+}
+
+static int two_devices(void *be)
+{
+    (void)be;
+    return 2;
+}
+
+/* bm_backend_mem_info passes a device's figures through and refuses ids
+ * the backend does not have */
+START_TEST(test_mem_info)
+{
+    bm_backend_ops ops = *bm_backend_cpu_ops();
+    ops.name = "two";
+    ops.mem_info = fake_mem_info;
+    ops.device_count = two_devices;
+    bm_backend *be = NULL;
+    bm_error err = {0};
+    ck_assert_int_eq(bm_backend_start(&ops, NULL, &be, &err), BM_OK);
+    ck_assert_int_eq(bm_backend_device_count(be), 2);
+    uint64_t fr = 0, total = 0;
+    ck_assert_int_eq(bm_backend_mem_info(be, 1, &fr, &total, &err), BM_OK);
+    ck_assert_uint_eq(fr, 1001);
+    ck_assert_uint_eq(total, 4000);
+    ck_assert_int_eq(bm_backend_mem_info(be, 2, &fr, &total, &err), BM_E_INVALID);
+    ck_assert_str_eq(err.msg, "two: no device 2");
+    ck_assert_int_eq(bm_backend_mem_info(be, -1, &fr, &total, &err), BM_E_INVALID);
+    bm_backend_free(be);
 }
 END_TEST
 
@@ -383,6 +430,7 @@ int main(void)
     TCase *t = tcase_create("abi");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, test_abi_checked);
+    tcase_add_test(t, test_mem_info);
     tcase_add_test(t, test_host_alloc_for_offloaded_weights);
     tcase_add_test(t, test_host_alloc_optional);
     tcase_add_test(t, test_report_merged);

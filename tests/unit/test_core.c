@@ -4,8 +4,10 @@
  * behaviour (spec §2, §3 and the worked example tree "Net" of §7).
  */
 #include "bmplan.h"
+#include "machine.h"
 
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -268,6 +270,53 @@ START_TEST(test_error_context)
 }
 END_TEST
 
+/* /proc/meminfo as --max-memory auto reads it (psutil's "available") */
+static bm_status meminfo_of(const char *text, uint64_t *bytes, bm_error *err)
+{
+    char path[] = "/tmp/bmplan-meminfo-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    bm_status s = bm_meminfo_available(path, bytes, err);
+    remove(path);
+    return s;
+}
+
+START_TEST(test_meminfo)
+{
+    bm_error err = {0};
+    uint64_t b = 1;
+    /* a 6.x kernel: MemAvailable, in KiB */
+    ck_assert_int_eq(meminfo_of("MemTotal:       24580000 kB\nMemFree:          123456 kB\n"
+                                "MemAvailable:   23240000 kB\nBuffers:            1000 kB\n",
+                                &b, &err), BM_OK);
+    ck_assert_uint_eq(b, 23240000ull * 1024);
+    /* before 3.14 (no MemAvailable): MemFree + Buffers + Cached; SwapCached
+     * is another line */
+    ck_assert_int_eq(meminfo_of("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 20 kB\n"
+                                "Cached: 300 kB\nSwapCached: 5000 kB\n", &b, &err), BM_OK);
+    ck_assert_uint_eq(b, 420ull * 1024);
+    /* malformed or missing figures are errors naming the file */
+    ck_assert_int_eq(meminfo_of("MemAvailable: lots kB\n", &b, &err), BM_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "/tmp/bmplan-meminfo-"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "NUMBER kB"));
+    ck_assert_int_eq(meminfo_of("MemAvailable: 99999999999999999999 kB\n", &b, &err),
+                     BM_E_FORMAT);
+    ck_assert_int_eq(meminfo_of("MemAvailable: 18014398509481984 kB\n", &b, &err), BM_E_FORMAT);
+    ck_assert_int_eq(meminfo_of("MemAvailable: 12 MB\n", &b, &err), BM_E_FORMAT);
+    ck_assert_int_eq(meminfo_of("MemTotal: 1000 kB\n", &b, &err), BM_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "neither MemAvailable nor MemFree"));
+    ck_assert_int_eq(meminfo_of("", &b, &err), BM_E_FORMAT);
+    ck_assert_uint_eq(b, 0);
+    /* the real one reads */
+    ck_assert_int_eq(bm_meminfo_available("/proc/meminfo", &b, &err), BM_OK);
+    ck_assert_uint_gt(b, 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("core");
@@ -283,6 +332,7 @@ int main(void)
     tcase_add_test(tc, test_tree_ties);
     tcase_add_test(tc, test_tree_errors);
     tcase_add_test(tc, test_error_context);
+    tcase_add_test(tc, test_meminfo);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
