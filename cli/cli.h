@@ -64,6 +64,9 @@ int cli_write_output(const char *cmd, const char *path, const char *text, size_t
 /* json_dumps(json, flags) (json is a json_t *) plus a final newline, the
  * way every --json output ends; NULL when out of memory. */
 char *cli_json_text(const void *json, size_t flags);
+/* text (malloc'ed, taken over) with a newline added; NULL when out of
+ * memory (text freed) or when text is NULL. */
+char *cli_text_line(char *text);
 
 /* Add the budgets of one --max-memory SPEC to b: "auto" reads this
  * machine as accelerate's get_max_memory() does (every GPU's free bytes,

@@ -458,15 +458,12 @@ int cmd_run(int argc, char **argv)
             cli_fail(cmd, &err);
             goto out;
         }
-        size_t rl = strlen(rep);
-        char *withnl = realloc(rep, rl + 2);
+        char *withnl = cli_text_line(rep);
         if (!withnl) {
-            free(rep);
+            cli_errorf(cmd, "out of memory");
             goto out;
         }
-        withnl[rl] = '\n';
-        withnl[rl + 1] = 0;
-        int w = cli_write_output(cmd, report, withnl, rl + 1);
+        int w = cli_write_output(cmd, report, withnl, strlen(withnl));
         free(withnl);
         if (w != 0)
             goto out;

@@ -228,9 +228,8 @@ int cli_write_output(const char *cmd, const char *path, const char *text, size_t
     return CLI_EXIT_OK;
 }
 
-char *cli_json_text(const void *json, size_t flags)
+char *cli_text_line(char *text)
 {
-    char *text = json_dumps((const json_t *)json, flags);
     if (!text)
         return NULL;
     size_t len = strlen(text);
@@ -241,4 +240,9 @@ char *cli_json_text(const void *json, size_t flags)
     }
     memcpy(t2 + len, "\n", 2);
     return t2;
+}
+
+char *cli_json_text(const void *json, size_t flags)
+{
+    return cli_text_line(json_dumps((const json_t *)json, flags));
 }

@@ -257,6 +257,17 @@ static bool reserve(bm_dev *dev, uint64_t size, uint64_t *in_use)
     return ok;
 }
 
+/* The error of an allocation over the device's budget. */
+static bm_status over_budget(const bm_dev *dev, uint64_t size, const char *what,
+                             uint64_t in_use, bm_error *err)
+{
+    char a[32], b[32], c[32];
+    return bm_fail(err, BM_E_NOFIT, "%s: out of memory: %s requested for %s, %s in use, budget %s",
+                   dev->name, bm_size_format(size, a, sizeof a), what ? what : "a buffer",
+                   bm_size_format(in_use, b, sizeof b),
+                   bm_size_format(dev->st.capacity, c, sizeof c));
+}
+
 static void unreserve(bm_dev *dev, uint64_t size)
 {
     pthread_mutex_lock(&dev->lock);
@@ -269,14 +280,8 @@ bm_status bm_dev_alloc(bm_dev *dev, uint64_t size, const char *what, void **ptr,
 {
     *ptr = NULL;
     uint64_t in_use = 0;
-    if (!reserve(dev, size, &in_use)) {
-        char a[32], b[32], c[32];
-        return bm_fail(err, BM_E_NOFIT,
-                       "%s: out of memory: %s requested for %s, %s in use, budget %s",
-                       dev->name, bm_size_format(size, a, sizeof a), what ? what : "a buffer",
-                       bm_size_format(in_use, b, sizeof b),
-                       bm_size_format(dev->st.capacity, c, sizeof c));
-    }
+    if (!reserve(dev, size, &in_use))
+        return over_budget(dev, size, what, in_use, err);
     bm_status s = dev->be->ops->alloc(dev->state, size ? size : 1, ptr, err);
     if (s != BM_OK) {
         unreserve(dev, size);
@@ -326,14 +331,8 @@ bm_status bm_dev_alloc_pinned(bm_dev *dev, bm_backend *pin_for, uint64_t size,
     if (dev->id != BM_DEVICE_CPU || !dev->be->ops->host_addressable)
         return bm_fail(err, BM_E_INTERNAL, "%s: pinned memory is for the host device", dev->name);
     uint64_t in_use = 0;
-    if (!reserve(dev, size, &in_use)) {
-        char a[32], b[32], c[32];
-        return bm_fail(err, BM_E_NOFIT,
-                       "%s: out of memory: %s requested for %s, %s in use, budget %s",
-                       dev->name, bm_size_format(size, a, sizeof a), what ? what : "a buffer",
-                       bm_size_format(in_use, b, sizeof b),
-                       bm_size_format(dev->st.capacity, c, sizeof c));
-    }
+    if (!reserve(dev, size, &in_use))
+        return over_budget(dev, size, what, in_use, err);
     bm_status s = pin_for->ops->host_alloc(pin_for->state, size ? size : 1, ptr, err);
     if (s != BM_OK) {
         unreserve(dev, size);

@@ -100,12 +100,12 @@ bm_status bm_machine_memory_read(bm_machine_memory *m, bool gpus, bm_error *err)
         if (n > BM_MACHINE_MAX_GPUS)
             n = BM_MACHINE_MAX_GPUS;
         for (int i = 0; i < n; i++) {
-            /* accelerate 1.x skips a device that fails; so does bmplan */
+            /* a device that fails ends the list, so that budget ids stay
+             * the device ids (accelerate 1.x skips it and keeps going) */
             if (bm_backend_mem_info(be, i, &m->gpu_free[m->n_gpus], &m->gpu_total[m->n_gpus],
-                                    &why) == BM_OK)
-                m->n_gpus++;
-            else
-                break; /* ids must stay 0, 1, ...: stop at the first failure */
+                                    &why) != BM_OK)
+                break;
+            m->n_gpus++;
         }
         if (m->n_gpus == 0)
             snprintf(m->no_gpu, sizeof m->no_gpu, "%s",

@@ -847,8 +847,6 @@ static bm_status gpu_create(Backend *be, int ordinal, Gpu **out, bm_error *err)
     bm_status s = ring_create(g->ring_compute, err);
     if (s == BM_OK)
         s = ring_create(g->ring_copy, err);
-    if (s == BM_OK)
-        s = k_setup(g, err);
     if (s != BM_OK) {
         gpu_destroy(g);
         return s;

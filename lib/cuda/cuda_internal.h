@@ -149,7 +149,6 @@ struct Gpu {
     Pool pool;
     Ring ring_compute, ring_copy;
     cudaEvent_t xfer = nullptr; /* orders copies between GPUs */
-    size_t smem_optin = 48 << 10;
     int sms = 1; /* multiprocessors */
     /* the thread that runs operations (uploads from it go in order on the
      * compute stream; others go on the copy stream) */
@@ -240,8 +239,6 @@ bm_status k_silu_mul(Dev *d, float *g, const float *u, int64_t n, bm_dtype act,
                      bm_error *err);
 bm_status k_gelu_tanh(Dev *d, float *x, int64_t n, bm_dtype act, bm_error *err);
 bm_status k_add(Dev *d, float *x, const float *y, int64_t n, bm_dtype act, bm_error *err);
-/* Set the kernels' shared-memory limits on the current GPU. */
-bm_status k_setup(Gpu *g, bm_error *err);
 
 } /* namespace bmcuda */
 

@@ -29,8 +29,8 @@ namespace {
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 constexpr int GEMV_MAX_ROWS = 8;      /* decode: M up to this uses the GEMV */
-constexpr int ATTN_FUSED_MAX_ROWS = 8;/* decode: M up to this, fused attention */
-constexpr int ATTN_FUSED_MAX_HD = THREADS;
+constexpr int ATTN_DEC_MAX_ROWS = 8; /* M up to this: the decoding attention */
+constexpr int ATTN_DEC_MAX_HD = THREADS; /* its largest head dimension */
 constexpr int64_t ATTN_SCORE_LIMIT = (int64_t)1 << 26; /* floats of S per chunk */
 
 /* ---- element helpers ---- */
@@ -417,7 +417,7 @@ __global__ void attn_dec_scores_kernel(float *Sc, float *cmax, const float *q, i
                                        int64_t pos0, float scale, int act, int64_t Lmax, int C,
                                        int S)
 {
-    __shared__ float qs[ATTN_FUSED_MAX_HD];
+    __shared__ float qs[ATTN_DEC_MAX_HD];
     __shared__ float shf[32];
     DecBlock b = dec_block(M, Hq, hd, Hkv, pos0, C);
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
@@ -553,18 +553,6 @@ __global__ void softmax_rows_kernel(float *S, void *P, int pdt, int64_t mc, int6
 /* ------------------------------------------------------------------------
  * Launchers
  * ------------------------------------------------------------------------ */
-
-bm_status k_setup(Gpu *g, bm_error *err)
-{
-    int optin = 0;
-    cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                           g->ordinal);
-    if (e != cudaSuccess)
-        return cuda_fail(err, e, "shared memory limit");
-    /* room for the kernels' static shared memory */
-    g->smem_optin = optin > 4096 ? (size_t)optin - 4096 : 0;
-    return BM_OK;
-}
 
 bm_status k_linear(Dev *d, float *y, const float *x, int64_t M, int64_t K, int64_t N,
                    const void *w, bm_dtype wdt, bool w_kn, const void *bias, bm_dtype act,
@@ -834,10 +822,10 @@ bm_status k_attention(Dev *d, float *out, const float *q, int64_t ldq, int64_t M
         return fail(err, BM_E_INVALID, "attention: %lld heads of %lld, %lld rows",
                     (long long)Hq, (long long)hd, (long long)M);
     int64_t Lmax = pos0 + M;
-    bool fused_ok = hd <= ATTN_FUSED_MAX_HD && M <= 65535 && Hq * M <= INT32_MAX &&
+    bool fused_ok = hd <= ATTN_DEC_MAX_HD && M <= 65535 && Hq * M <= INT32_MAX &&
                     Lmax <= INT32_MAX;
     int mode = d->be->attn_mode;
-    bool fused = fused_ok && (mode == 1 || (mode == 0 && M <= ATTN_FUSED_MAX_ROWS));
+    bool fused = fused_ok && (mode == 1 || (mode == 0 && M <= ATTN_DEC_MAX_ROWS));
     if (!fused)
         return attention_gemm(d, out, q, ldq, M, Hq, hd, kc, vc, Hkv, pos0, scale, act, err);
     /* chunks of C keys (a multiple of 32, at least 64), enough of them that
